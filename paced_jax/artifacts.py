@@ -36,6 +36,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are shared by pod workers
   try:
     with os.fdopen(fd, mode) as f:
       yield f
