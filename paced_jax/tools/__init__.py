@@ -1,0 +1,1 @@
+"""Command-line tools: thin absl mains, one per stage."""

@@ -1,0 +1,52 @@
+"""Prepare WORKDIR/problems/ from a problem file or a built-in generator.
+
+  python -m paced_jax.tools.prepare --workdir=/tmp/ws --source=builtin:easy_arithmetic \
+      --n_train=512 --n_heldout=128
+  python -m paced_jax.tools.prepare --workdir=/tmp/ws --source=aime24.parquet --n_heldout=0 \
+      --field_id=ID --field_prompt=Problem --field_answer=Answer --field_solution=Solution
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+
+from paced_jax import artifacts
+from paced_jax import problems
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workspace directory.", required=True)
+_SOURCE = flags.DEFINE_string(
+    "source", None,
+    f"builtin:<name> ({', '.join(sorted(problems.BUILTIN_SOURCES))}) or a .jsonl / .json / .parquet file.",
+    required=True)
+_N_TRAIN = flags.DEFINE_integer("n_train", None, "Training problems (a file: default all not held out).")
+_N_HELDOUT = flags.DEFINE_integer("n_heldout", 0, "Held-out problems.")
+_SEED = flags.DEFINE_integer("seed", 0, "Generator seed (a file: the shuffle that picks the held-out rows).")
+_FIELD_ID = flags.DEFINE_string("field_id", "id", "File column of the problem id; '' = number the rows.")
+_FIELD_PROMPT = flags.DEFINE_string("field_prompt", "problem", "File column of the problem text.")
+_FIELD_ANSWER = flags.DEFINE_string("field_answer", "answer", "File column of the ground-truth answer.")
+_FIELD_SOLUTION = flags.DEFINE_string("field_solution", "solution", "File column of a worked solution; '' = none.")
+_FIELD_LEVEL = flags.DEFINE_string("field_level", "level", "File column of a difficulty level; '' = none.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fields = problems.FieldMap(
+      id=_FIELD_ID.value or None, prompt=_FIELD_PROMPT.value, answer=_FIELD_ANSWER.value,
+      solution=_FIELD_SOLUTION.value or None, level=_FIELD_LEVEL.value or None)
+  existed = os.path.exists(os.path.join(_WORKDIR.value, problems.SUBDIR, artifacts.MANIFEST))
+  try:
+    directory = problems.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
+                                 n_heldout=_N_HELDOUT.value, seed=_SEED.value, fields=fields)
+  except ValueError as e:  # bad files and refused workspaces: the message says it all
+    raise SystemExit(f"prepare: {e}") from None
+  counts = artifacts.read_manifest(directory, problems.KIND)["counts"]
+  print(f"{directory} ({'reused' if existed else 'written'}): "
+        + ", ".join(f"{split} {counts[split]}" for split in problems.SPLITS))
+
+
+if __name__ == "__main__":
+  app.run(main)
