@@ -1,0 +1,190 @@
+"""Answer verifier: extraction, fast path, math-verify equivalence, time bounds, hung workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from paced_jax.verifier import STRATEGIES, Grader, Verdict, VerifierConfig, extract_answer, grade
+
+LENIENT = VerifierConfig(extract=STRATEGIES)
+
+# (text, expected extraction under the default config, under LENIENT)
+EXTRACTION = [
+  ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", "\\frac{1}{2}"),
+  ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}"),
+  ("\\boxed{3} then \\boxed{5}", "5", "5"),
+  ("\\boxed {  7 }", "7", "7"),
+  ("\\fbox{x+1}", "x+1", "x+1"),
+  ("\\boxed{\\{1,2\\}}", "\\{1,2\\}", "\\{1,2\\}"),
+  ("\\boxed{$9$}", "9", "9"),
+  ("\\boxed{}", None, None),
+  ("\\boxed{3} wait \\boxed{\\frac{1", None, None),
+  ("cut off at \\boxed", None, None),
+  ("\\boxedsymbol 4", None, "4"),
+  ("Answer: 42", "42", "42"),
+  ("answer: 1\nFinal ANSWER : 2.\nok", "2", "2"),
+  ("**Answer:** $\\frac{3}{4}$", "\\frac{3}{4}", "\\frac{3}{4}"),
+  ("Answer: \\boxed{4}\nAnswer: 5", "4", "4"),
+  ("The answer is 12.", None, "12"),
+  ("x = -3.5", None, "-3.5"),
+  ("1,234 apples", None, "1234"),
+  ("pages 3-5", None, "5"),
+  ("no digits here", None, None),
+]
+
+
+@pytest.mark.parametrize("text,default,lenient", EXTRACTION)
+def test_extract_answer(text, default, lenient):
+  assert extract_answer(text, VerifierConfig()) == default
+  assert extract_answer(text, LENIENT) == lenient
+
+
+# (response, truth, correct, reason)
+GRADING = [
+  ("\\boxed{42}", "42", True, "exact"),
+  ("so \\boxed{ 42 }.", "42", True, "exact"),
+  ("\\boxed{41}", "42", False, "mismatch"),
+  ("\\boxed{-7}", "-7", True, "exact"),
+  ("\\boxed{-7}", "7", False, "mismatch"),
+  ("\\boxed{0.5}", "1/2", True, "numeric"),
+  ("\\boxed{1,000}", "1000", True, "numeric"),
+  ("\\boxed{1\\,000}", "1000", True, "exact"),
+  ("\\boxed{\\frac{1}{2}}", "0.5", True, "equivalent"),
+  ("\\boxed{1/2}", "\\frac{1}{2}", True, "equivalent"),
+  ("\\boxed{\\dfrac12}", "\\frac{1}{2}", True, "equivalent"),
+  ("\\boxed{\\frac{1}{3}}", "0.5", False, "mismatch"),
+  ("\\boxed{2^{1/2}}", "\\sqrt{2}", True, "equivalent"),
+  ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", False, "mismatch"),
+  ("\\boxed{[1, 2)}", "[1,2)", True, "exact"),
+  ("\\boxed{\\left[1,2\\right)}", "[1,2)", True, "equivalent"),
+  ("\\boxed{[1,2]}", "[1,2)", False, "mismatch"),
+  ("\\boxed{(1,2)}", "(1, 2)", True, "exact"),
+  ("\\boxed{\\left( 1, 2 \\right)}", "(1,2)", True, "equivalent"),
+  ("\\boxed{(2,1)}", "(1,2)", False, "mismatch"),
+  ("\\boxed{3} no, \\boxed{5}", "5", True, "exact"),
+  ("\\boxed{3} no, \\boxed{5}", "3", False, "mismatch"),
+  ("I am not sure.", "5", False, "no_answer"),
+  ("\\boxed{3} hmm, \\boxed{\\frac{3}{", "3", False, "no_answer"),
+  ("Work.\nAnswer: 42", "42", True, "exact"),
+  ("**Answer:** $\\frac{3}{4}$.", "0.75", True, "equivalent"),
+  ("\\fbox{7}", "\\boxed{7}", True, "exact"),
+  ("\\boxed{7}", "  ", False, "empty_truth"),
+]
+IDS = [f"{i}:{r[:24]}|{t}" for i, (r, t, _, _) in enumerate(GRADING)]
+
+
+@pytest.fixture(scope="module")
+def pool():
+  # max_answer_chars lifted so pathological answers really reach math-verify and its time bound.
+  with Grader(VerifierConfig(timeout_s=2.0, workers=2, max_answer_chars=10**6)) as g:
+    yield g
+
+
+@pytest.mark.parametrize("response,truth,correct,reason", GRADING, ids=IDS)
+def test_grade_in_process(response, truth, correct, reason):
+  v = grade(response, truth)
+  assert (v.correct, v.reason) == (correct, reason), v
+
+
+def test_grade_many_matches_table_in_order(pool):
+  # Reversed so order preservation is checked against a different submission order than the table.
+  table = GRADING[::-1]
+  verdicts = pool.grade_many([r for r, _, _, _ in table], [t for _, t, _, _ in table])
+  assert [(v.correct, v.reason) for v in verdicts] == [(c, why) for _, _, c, why in table]
+  assert verdicts[-1].extracted == "42"
+
+
+def test_last_number_mode():
+  assert grade("so the total is 12.", "12", LENIENT) == Verdict(True, "12", "exact")
+  assert grade("so the total is 12.", "12") == Verdict(False, None, "no_answer")
+  assert grade("3 apples and 4 pears: 7", "7", LENIENT).correct
+
+
+def test_config_validation():
+  with pytest.raises(ValueError):
+    VerifierConfig(extract=("boxed", "guess"))
+  with pytest.raises(ValueError):
+    VerifierConfig(extract=())
+  with pytest.raises(ValueError):
+    VerifierConfig(timeout_s=0)
+  with pytest.raises(ValueError):
+    VerifierConfig(start_method="fork")
+
+
+def _garbage(n: int, seed: int = 0) -> str:
+  rng = random.Random(seed)
+  return "".join(rng.choice("abxyz0123456789 {}\\$()[]^_+-*/=.,:\n") for _ in range(n))
+
+
+NESTED = "{" * 10_000 + "1" + "}" * 10_000
+
+
+def test_extraction_is_linear_on_pathological_text():
+  t0 = time.monotonic()
+  for cfg in (VerifierConfig(), LENIENT):
+    extract_answer(_garbage(100_000), cfg)
+    assert extract_answer("\\boxed{" + NESTED + "}", cfg) == NESTED
+    assert extract_answer("\\boxed{" + "{" * 100_000, cfg) is None
+    extract_answer("Answer: " + "$." * 50_000, cfg)
+    extract_answer(("answer" + " " * 100) * 1000, cfg)
+    extract_answer("\\boxed{" + "\\" * 100_000, cfg)
+    extract_answer("1," * 50_000, cfg)
+  assert time.monotonic() - t0 < 10  # quadratic behaviour would take minutes
+
+
+def test_long_answer_is_cut_short_by_default():
+  assert grade("\\boxed{" + NESTED + "}", "1") == Verdict(False, NESTED, "too_long")
+
+
+def test_pathological_items_are_bounded(pool):
+  cases = [
+    (_garbage(100_000), "1"),
+    ("\\boxed{" + _garbage(100_000, seed=1).replace("{", "").replace("}", "") + "}", "1"),
+    ("\\boxed{" + NESTED + "}", "1"),
+    ("\\boxed{" + "{" * 60 + "1" + "}" * 60 + "}", "1"),  # sympy set nesting: math-verify takes minutes
+    ("\\boxed{" + "{" * 100_000, "1"),
+    ("\\boxed{\\frac{1}{2}}", "0.5"),  # the pool still grades after its workers were killed
+  ]
+  t0 = time.monotonic()
+  verdicts = pool.grade_many([r for r, _ in cases], [t for _, t in cases])
+  assert time.monotonic() - t0 < 30
+  assert not any(v.correct for v in verdicts[:-1]), verdicts
+  # math-verify 0.9 needs minutes on these two; "mismatch" only if a later release gets faster.
+  assert verdicts[2].reason in ("timeout", "mismatch") and verdicts[3].reason in ("timeout", "mismatch")
+  assert verdicts[4].reason == "no_answer"
+  assert verdicts[-1] == Verdict(True, "\\frac{1}{2}", "equivalent")
+
+
+def _misbehaving_compare(answer: str, truth: str) -> bool:
+  """Stands in for math-verify in the workers: hangs, crashes or raises on request."""
+  if answer == "hang":
+    time.sleep(3600)
+  if answer == "crash":
+    os._exit(3)
+  if answer == "raise":
+    raise ArithmeticError("boom")
+  return answer == "ok"
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_hung_and_crashed_workers_are_replaced(start_method):
+  cfg = VerifierConfig(timeout_s=1.0, workers=1, start_method=start_method)
+  responses = ["\\boxed{hang}", "\\boxed{ok}", "\\boxed{crash}", "\\boxed{raise}", "\\boxed{ok}", "\\boxed{no}"]
+  with Grader(cfg, compare=_misbehaving_compare) as g:
+    t0 = time.monotonic()
+    verdicts = g.grade_many(responses, ["1"] * len(responses))
+    assert time.monotonic() - t0 < 30
+    assert [(v.correct, v.reason) for v in verdicts] == [
+      (False, "timeout"), (True, "equivalent"), (False, "worker_crash: exit code 3"),
+      (False, "error: ArithmeticError: boom"), (True, "equivalent"), (False, "mismatch")]
+    # A second call on the same Grader reuses the replacement worker.
+    assert g.grade_many(["\\boxed{ok}"], ["1"]) == [Verdict(True, "ok", "equivalent")]
+
+
+def test_length_mismatch_is_rejected(pool):
+  with pytest.raises(ValueError):
+    pool.grade_many(["\\boxed{1}"], [])
