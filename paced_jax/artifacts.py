@@ -123,9 +123,10 @@ def read_manifest(directory: str, kind: str) -> dict:
 
 def expect_fields(manifest_path: str, manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
   """Refuse a manifest whose fields differ from what the reading stage expects; name both values."""
+  normal = lambda x: json.loads(json.dumps(x, sort_keys=True, default=_json_default))  # tuples == lists
   for key, want in expected.items():
     got = manifest.get(key)
-    if got != want:
+    if normal(got) != normal(want):
       raise ArtifactError(
           f"{manifest_path}: field {key!r} is {got!r} but this run expects {want!r}; "
           "the artifact was produced for another setting (delete it or point to the right one)")

@@ -199,3 +199,41 @@ def _write_shards(directory: str, tensors: dict[str, np.ndarray], max_shard_byte
   total = sum(a.nbytes for a in tensors.values())
   artifacts.write_json(os.path.join(directory, "model.safetensors.index.json"),
                        {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def resolve_model_dir(spec: str) -> str:
+  """A model spec as a local directory.
+
+  `demo:smollm2` converts the bundled GGUF once; `tiny:<family>:<size>:<seed>` writes a random
+  tiny model with a character tokenizer once (both cached under $PACED_JAX_CACHE).
+  """
+  from paced_jax import gguf_import  # deferred: these import this module
+  if spec == "demo:smollm2":
+    return gguf_import.ensure_demo_model()
+  if spec.startswith("tiny:"):
+    from paced_jax import tiny_model
+    parts = spec.split(":")[1:]
+    family, size, seed = [p or d for p, d in zip(parts + [""] * 3, ("qwen3", "nano", "0"))]
+    directory = os.path.join(gguf_import.default_cache_dir(), f"tiny-{family}-{size}-{seed}")
+    return tiny_model.ensure_tiny_model(directory, family, size, int(seed))
+  if spec.startswith("demo:"):
+    raise ValueError(f"unknown demo model {spec!r}; available: demo:smollm2")
+  if not os.path.isdir(spec):
+    raise FileNotFoundError(f"model directory {spec!r} does not exist")
+  return spec
+
+
+def model_fingerprint(model_dir: str) -> str:
+  """Cheap identity of a checkpoint: config, tokenizer, and each shard's size, header and ends."""
+  parts: dict[str, Any] = {}
+  for fname in sorted(os.listdir(model_dir)):
+    path = os.path.join(model_dir, fname)
+    if fname in ("config.json", "tokenizer.json") or fname.endswith(".safetensors"):
+      with open(path, "rb") as f:
+        head = f.read(1 << 20)
+        f.seek(max(0, os.path.getsize(path) - (1 << 20)))
+        tail = f.read()
+      parts[fname] = [os.path.getsize(path), artifacts.sha256_bytes(head), artifacts.sha256_bytes(tail)]
+  if not parts:
+    raise CheckpointError(f"{model_dir}: no config.json or safetensors to fingerprint")
+  return artifacts.fingerprint(parts)

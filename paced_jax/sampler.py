@@ -44,6 +44,11 @@ class SamplingConfig:
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
   seed: int = 0
 
+  def identity(self) -> dict:
+    """The settings that determine the samples (batching and bucketing do not)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if k not in ("batch_rows", "chunk_steps", "prompt_buckets")}
+
 
 class Rollout(NamedTuple):
   prompt_index: int
@@ -106,6 +111,17 @@ class Sampler:
     self.valid_vocab = int(valid_vocab)
     self.pad_id = int(pad_id)
     self.row_multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  # The jitted methods take `self` as a static argument: samplers with equal static settings
+  # (new params for the same model, say) share compiled code instead of recompiling.
+  def _static_key(self):
+    return (self.graphdef, self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)
+
+  def __hash__(self):
+    return hash(self._static_key())
+
+  def __eq__(self, other):
+    return isinstance(other, Sampler) and self._static_key() == other._static_key()
 
   def _state_shardings(self, state: DecodeState):
     rows = mesh_lib.BATCH_AXES

@@ -1,0 +1,23 @@
+"""Estimate the student's pass rate on every training problem (K rollouts each).
+
+  python -m paced_jax.tools.pass_rate --config=configs/tiny.py
+"""
+
+from __future__ import annotations
+
+from absl import app
+
+from paced_jax import loaded_model, mesh as mesh_lib, pass_rate
+from paced_jax.tools import flags
+
+
+def main(argv):
+  del argv
+  cfg = flags.experiment()
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  student = loaded_model.load(cfg.student, mesh, cfg.model)
+  print(pass_rate.run(cfg, student))
+
+
+if __name__ == "__main__":
+  app.run(main)
