@@ -5,12 +5,10 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 from paced_jax import hf_checkpoint, mesh as mesh_lib
 from paced_jax.model_config import ModelConfigError
