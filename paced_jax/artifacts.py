@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -130,3 +131,47 @@ def expect_fields(manifest_path: str, manifest: Mapping[str, Any], expected: Map
       raise ArtifactError(
           f"{manifest_path}: field {key!r} is {got!r} but this run expects {want!r}; "
           "the artifact was produced for another setting (delete it or point to the right one)")
+
+
+def write_jsonl_in_parts(directory: str, filename: str, chunks: Sequence[Any],
+                         compute: Callable[[Any], list[dict]], settings: Mapping[str, Any],
+                         desc: str = "") -> str:
+  """Write `directory/filename` (JSON lines) chunk by chunk, resuming a killed run.
+
+  Each finished chunk lands atomically in `parts/`; a rerun skips finished parts, but only if
+  they were made with the same `settings`. The merged file is byte-identical to an uninterrupted
+  run's when `compute` is deterministic. `parts/` is removed once the file is complete.
+  """
+  from tqdm.auto import tqdm  # deferred: only stages need it
+  parts_dir = os.path.join(directory, "parts")
+  os.makedirs(parts_dir, exist_ok=True)
+  settings_path = os.path.join(parts_dir, "settings.json")
+  if os.path.exists(settings_path):
+    expect_fields(settings_path, read_json(settings_path), settings)
+  else:
+    write_json(settings_path, settings)
+  part_path = lambda c: os.path.join(parts_dir, f"part-{c:05d}.jsonl")
+  for c, chunk in enumerate(tqdm(chunks, desc=desc, unit="chunk")):
+    if os.path.exists(part_path(c)):
+      continue
+    records = compute(chunk)
+    with atomic_open(part_path(c)) as f:
+      for r in records:
+        f.write(json.dumps(r, sort_keys=True) + "\n")
+  path = os.path.join(directory, filename)
+  with atomic_open(path) as out:
+    for c in range(len(chunks)):
+      with open(part_path(c)) as f:
+        out.write(f.read())
+  shutil.rmtree(parts_dir)
+  return path
+
+
+def read_jsonl_checked(directory: str, filename: str, kind: str) -> list[dict]:
+  """Records of a finished artifact, after checking its manifest kind and checksum."""
+  path = os.path.join(directory, filename)
+  manifest = read_manifest(directory, kind)
+  if sha256_file(path) != manifest["checksums"][filename]:
+    raise ArtifactError(f"{path}: checksum does not match {directory}/{MANIFEST} (modified or corrupted)")
+  with open(path) as f:
+    return [json.loads(line) for line in f]

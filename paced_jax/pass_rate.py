@@ -11,12 +11,10 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 from typing import Sequence
 
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from paced_jax import artifacts, prompts as prompts_lib
 from paced_jax.config import ExperimentConfig, to_json
@@ -97,49 +95,27 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
     artifacts.expect_fields(os.path.join(directory, artifacts.MANIFEST), manifest, expected)
     return directory
 
-  parts_dir = os.path.join(directory, "parts")
-  os.makedirs(parts_dir, exist_ok=True)
-  settings_path = os.path.join(parts_dir, "settings.json")
-  if os.path.exists(settings_path):
-    # Parts of a killed run are only reused if they were made with the same settings.
-    artifacts.expect_fields(settings_path, artifacts.read_json(settings_path), expected)
-  else:
-    artifacts.write_json(settings_path, expected)
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
+  current = params if params is not None else student.params
   with Grader(cfg.verifier) as grader:
-    for c, chunk in enumerate(tqdm(chunks, desc=f"pass rates (round {round_})", unit="chunk")):
-      part = os.path.join(parts_dir, f"part-{c:05d}.jsonl")
-      if os.path.exists(part):
-        continue
-      records = _chunk_records(student, params if params is not None else student.params, chunk, cfg, grader)
-      with artifacts.atomic_open(part) as f:
-        for r in records:
-          f.write(json.dumps(r, sort_keys=True) + "\n")
-
-  records_path = os.path.join(directory, RECORDS)
-  with artifacts.atomic_open(records_path) as out:
-    for c in range(len(chunks)):
-      with open(os.path.join(parts_dir, f"part-{c:05d}.jsonl")) as f:
-        out.write(f.read())
+    records_path = artifacts.write_jsonl_in_parts(
+        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader), expected,
+        desc=f"pass rates (round {round_})")
   records = read_records(directory, check=False)
   K = cfg.pass_rate.sampling.num_samples
   counts = histogram([r["correct"] for r in records], K)
   artifacts.write_manifest(directory, KIND, **expected, counts={"problems": len(records)}, histogram=counts,
                            mean_p=float(np.mean([r["p"] for r in records])) if records else 0.0,
                            checksums={RECORDS: artifacts.sha256_file(records_path)})
-  shutil.rmtree(parts_dir)
   print(f"pass rates (round {round_}) of {len(records)} problems, K={K}:\n{format_histogram(counts)}")
   return directory
 
 
 def read_records(directory: str, check: bool = True) -> list[dict]:
   """The per-problem records; with `check`, the manifest and checksum are verified first."""
-  path = os.path.join(directory, RECORDS)
   if check:
-    manifest = artifacts.read_manifest(directory, KIND)
-    if artifacts.sha256_file(path) != manifest["checksums"][RECORDS]:
-      raise artifacts.ArtifactError(f"{path}: checksum does not match {directory}/manifest.json (modified or corrupted)")
-  with open(path) as f:
+    return artifacts.read_jsonl_checked(directory, RECORDS, KIND)
+  with open(os.path.join(directory, RECORDS)) as f:
     return [json.loads(line) for line in f]
 
 
