@@ -24,14 +24,13 @@ def get_config(variant: str = ""):
     sampling.prompt_buckets = [64, 128]
   c.pass_rate.sampling.num_samples = 4
   c.eval.sampling.num_samples = 2
-  # An untrained model passes nothing: keep w = 0 problems so every stage has data to run on.
-  c.weights.keep_zero_weight = True
-  c.weights.norm = "none"
+  # An untrained model passes nothing: the Beta(1,1) posterior mean keeps every weight above 0.
+  c.weights.posterior_mean = True
   c.teacher_signal.top_k = 8
   c.teacher_signal.chunk_size = 32
   c.train.steps = 6
   c.train.batch_size = 8
-  c.train.seq_len = 64
+  c.train.seq_len = 128
   c.train.lr = 1e-3
   c.train.checkpoint_every = 3
   c.train.loss_chunk = 32

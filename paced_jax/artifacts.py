@@ -173,5 +173,9 @@ def read_jsonl_checked(directory: str, filename: str, kind: str) -> list[dict]:
   manifest = read_manifest(directory, kind)
   if sha256_file(path) != manifest["checksums"][filename]:
     raise ArtifactError(f"{path}: checksum does not match {directory}/{MANIFEST} (modified or corrupted)")
+  return read_jsonl_lines(path)
+
+
+def read_jsonl_lines(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f]

@@ -57,7 +57,6 @@ class ModelOptions:
 @dataclasses.dataclass(frozen=True)
 class PassRateConfig:
   sampling: SamplingConfig = SamplingConfig()
-  posterior_mean: bool = False   # Beta(1,1) posterior mean (c+1)/(K+2) instead of c/K
   recompute_every: int = 0       # 0 = once, on the initial student
   keep_responses: int = 2        # responses kept per problem, for inspection
 
@@ -80,7 +79,8 @@ class TeacherSignalConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 100
-  batch_size: int = 8               # sequences per step (global)
+  batch_size: int = 8               # problems (sequences) per step, global
+  rows_per_step: int = 0            # packed [rows, seq_len] rows they fill; 0 = batch_size
   micro_batches: int = 1            # gradient accumulation
   seq_len: int = 256                # packed row length
   loss: str = "forward_kl"          # forward_kl | reverse_kl | akl | jsd

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from typing import Sequence
 
@@ -115,8 +114,7 @@ def read_records(directory: str, check: bool = True) -> list[dict]:
   """The per-problem records; with `check`, the manifest and checksum are verified first."""
   if check:
     return artifacts.read_jsonl_checked(directory, RECORDS, KIND)
-  with open(os.path.join(directory, RECORDS)) as f:
-    return [json.loads(line) for line in f]
+  return artifacts.read_jsonl_lines(os.path.join(directory, RECORDS))
 
 
 def latest_round(workdir: str) -> int | None:

@@ -66,18 +66,22 @@ class StepConfig:
   b2: float = 0.999
 
 
-def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+def learning_rate(cfg: StepConfig) -> optax.Schedule:
   if cfg.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2))
-  else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
-                              [cfg.warmup_steps]) if cfg.warmup_steps else cfg.lr
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2))
+  if cfg.warmup_steps:
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps),
+                                 optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+  return optax.constant_schedule(cfg.lr)
+
+
+def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+                     optax.adamw(learning_rate(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
 
 
 def init_state(params, cfg: StepConfig, seed: int = 0) -> TrainState:
-  return TrainState(jnp.int32(0), params, make_optimizer(cfg).init(params), jax.random.key(seed), jnp.int32(0))
+  return TrainState(jnp.int32(0), params, make_optimizer(cfg).init(params), jax.random.PRNGKey(seed), jnp.int32(0))
 
 
 def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):

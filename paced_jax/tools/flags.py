@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from absl import logging
 from ml_collections import config_flags
 
 from paced_jax import config as config_lib
@@ -12,6 +13,7 @@ CONFIG = config_flags.DEFINE_config_file(
 
 
 def experiment() -> config_lib.ExperimentConfig:
+  logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) off the progress bars
   if CONFIG.value is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   try:

@@ -1,0 +1,24 @@
+"""Generate one teacher reference response per training problem.
+
+  python -m paced_jax.tools.reference --config=configs/tiny.py:distill
+"""
+
+from __future__ import annotations
+
+from absl import app
+
+from paced_jax import loaded_model, mesh as mesh_lib, reference, teacher_stage
+from paced_jax.tools import flags
+
+
+def main(argv):
+  del argv
+  cfg = flags.experiment()
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  teacher = loaded_model.load(cfg.teacher or cfg.student, mesh, cfg.model)
+  print(reference.run(cfg, teacher))
+  print(teacher_stage.run(cfg, teacher))
+
+
+if __name__ == "__main__":
+  app.run(main)
