@@ -193,7 +193,7 @@ def to_config_dict(cfg: Any) -> ml_collections.ConfigDict:
     if dataclasses.is_dataclass(x):
       return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if isinstance(x, tuple):
-      return [plain(v) for v in x]
+      return tuple(plain(v) for v in x)  # ml_collections parses command-line overrides of tuples only
     return x
   return ml_collections.ConfigDict(plain(cfg))
 

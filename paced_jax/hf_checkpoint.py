@@ -142,7 +142,14 @@ def load_model(model_dir: str, mesh: Mesh, rules=mesh_lib.DEFAULT_RULES, **overr
 
 def export_hf(params: nnx.State, cfg: ModelConfig, out_dir: str, tokenizer_dir: str | None = None,
               dtype: str = "float32", max_shard_bytes: int = 2 << 30) -> str:
-  """Write a Hugging Face directory (config, safetensors, tokenizer files) atomically."""
+  """Write a Hugging Face directory (config, safetensors, tokenizer files) atomically.
+
+  `params` is the decoder's nnx.State, or the same as a pure dict (a train state's params).
+  """
+  if not isinstance(params, nnx.State):
+    state = nnx.state(model_lib.abstract_decoder(cfg))
+    nnx.replace_by_pure_dict(state, params)
+    params = state
   np_dtype = np.dtype(dtype) if dtype != "bfloat16" else np.dtype("bfloat16")
   tensors: dict[str, np.ndarray] = {}
   flat = _flat_vars(params)

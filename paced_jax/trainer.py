@@ -34,7 +34,9 @@ def stage_of(cfg: ExperimentConfig, step: int) -> tuple[str, str]:
   """(data source, divergence) of a step: ('offline' | 'on_policy', 'fkl' | 'rkl' | ...)."""
   if cfg.track == "two_stage":
     first = step < int(cfg.train.stage1_fraction * cfg.train.steps)
-    return ("offline", "fkl") if first else ("on_policy", "rkl")
+    # The schedule is forward then reverse KL; an explicitly chosen AKL / JSD replaces both.
+    kind = LOSS_KINDS[cfg.train.loss] if cfg.train.loss in ("akl", "jsd") else ("fkl" if first else "rkl")
+    return ("offline" if first else "on_policy"), kind
   return ("offline" if cfg.track == "distill" else "on_policy"), LOSS_KINDS[cfg.train.loss]
 
 

@@ -1,0 +1,36 @@
+"""Evaluate a model on the config's benchmarks (mean@k) and retain set -> WORKDIR/eval/<tag>/.
+
+  python -m paced_jax.tools.evaluate --config=configs/tiny.py                    # initial student
+  python -m paced_jax.tools.evaluate --config=configs/demo.py --model_dir=/m/hf --tag=final
+  python -m paced_jax.tools.evaluate --config=configs/tiny.py \
+      --config.eval.benchmarks='("heldout", "builtin:champ:n=16")' --config.eval.retain_set=builtin:arith_mc
+"""
+
+from __future__ import annotations
+
+from absl import app, flags as absl_flags
+
+from paced_jax import artifacts, benchmarks, evaluate, loaded_model, mesh as mesh_lib, problems, retain_sets
+from paced_jax.tools import flags
+
+TAG = absl_flags.DEFINE_string("tag", evaluate.BASELINE_TAG, "Results go to WORKDIR/eval/<tag>/.")
+MODEL_DIR = absl_flags.DEFINE_string("model_dir", None, "A Hugging Face model directory (default: the config's student).")
+
+
+def main(argv):
+  del argv
+  cfg = flags.experiment()
+  try:
+    benchmarks.load_benchmarks(cfg.eval.benchmarks, cfg.workdir)  # a bad file fails before the model loads
+    if cfg.eval.retain_set:
+      retain_sets.load_retain_set(cfg.eval.retain_set)
+    model = loaded_model.load(MODEL_DIR.value or cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
+    result = evaluate.evaluate(cfg, model, tag=TAG.value)
+  except (problems.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
+    raise SystemExit(f"evaluate: {e}") from None
+  print(evaluate.format_table(result))
+  print(f"results: {evaluate.eval_dir(cfg.workdir, TAG.value)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
