@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
   for sampling in (c.pass_rate.sampling, c.reference.sampling, c.train.rollout_sampling, c.eval.sampling):
     sampling.max_new_tokens = 24
     sampling.batch_rows = 64
-    sampling.prompt_buckets = [64, 128]
+    sampling.prompt_buckets = [48, 64, 96, 128]
   c.pass_rate.sampling.temperature = 1.0
   c.pass_rate.sampling.num_samples = 8
   c.eval.sampling.num_samples = 4

@@ -141,11 +141,20 @@ def _project(p, eq: str, x, dtype):
   return y
 
 
+def _scatter_layer(cache_LBSKDh, new_BTKDh, layer, slots_BT):
+  """Write one layer's new keys (or values) at each row's slots, in place in the stacked cache."""
+  B = new_BTKDh.shape[0]
+  rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], slots_BT.shape)
+  return cache_LBSKDh.at[layer, rows_BT, slots_BT].set(new_BTKDh.astype(cache_LBSKDh.dtype), mode="drop")
+
+
 def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, kv_cache=None):
   """One pre-norm decoder layer on plain arrays `p` (one layer's slice of the stacked state).
 
-  With `kv_cache=(k_BSKDh, v_BSKDh, write_index_B)` the new keys/values are written into the
-  cache first and attention runs over the whole cache; returns (x, k, v) either way.
+  With `kv_cache=(k_LBSKDh, v_LBSKDh, layer, slots_BT)` the new keys/values are scattered into
+  the whole stacked cache (an in-place update of the loop carry, rather than a copy of every
+  layer's cache per step) and attention runs over that layer's cache. Returns (x, k, v): the
+  updated stacked caches, or this call's keys and values without a cache.
   """
   dtype = jnp.dtype(cfg.compute_dtype)
   attn = p["self_attn"]
@@ -159,9 +168,10 @@ def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, 
   q_BTHDh = apply_rope(q_BTHDh, positions_BT, inv_freq)
   k_BTKDh = apply_rope(k_BTKDh, positions_BT, inv_freq)
   if kv_cache is not None:
-    k_cache, v_cache, index_B = kv_cache
-    k_BSKDh = _write_rows(k_cache, k_BTKDh, index_B)
-    v_BSKDh = _write_rows(v_cache, v_BTKDh, index_B)
+    k_all, v_all, layer, slots_BT = kv_cache
+    k_all = _scatter_layer(k_all, k_BTKDh, layer, slots_BT)
+    v_all = _scatter_layer(v_all, v_BTKDh, layer, slots_BT)
+    k_BSKDh, v_BSKDh = k_all[layer], v_all[layer]
   else:
     k_BSKDh, v_BSKDh = k_BTKDh, v_BTKDh
 
@@ -180,6 +190,8 @@ def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, 
   gate_BTF = _project(mlp["gate_proj"], "btd,df->btf", h, dtype)
   up_BTF = _project(mlp["up_proj"], "btd,df->btf", h, dtype)
   x_BTD = x_BTD + _project(mlp["down_proj"], "btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, dtype)
+  if kv_cache is not None:
+    return x_BTD, k_all, v_all
   return x_BTD, k_BSKDh, v_BSKDh
 
 
@@ -215,28 +227,33 @@ class Decoder(nnx.Module):
     if cache is None:
       slots_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
       mask_BTS = attention_mask(segment_ids_BT, slots_BT, segment_ids_BT, slots_BT)
-      cache_xs = None
     else:
       slots_BT = cache_index_B[:, None] + jnp.arange(T, dtype=jnp.int32)
       cache_segments_BS = _write_rows(cache.segment_ids_BS, segment_ids_BT, cache_index_B)
       S = cache_segments_BS.shape[1]
       mask_BTS = attention_mask(segment_ids_BT, slots_BT, cache_segments_BS,
                                 jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S)))
-      cache_xs = (cache.k_LBSKDh, cache.v_LBSKDh)
 
     layer_params = nnx.to_pure_dict(nnx.state(self.layers))
 
-    def body(x_BTD, xs):
-      p, kv = xs
-      kv_cache = None if kv is None else (kv[0], kv[1], cache_index_B)
-      x_BTD, k, v = layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq, kv_cache)
-      return x_BTD, (None if kv is None else (k, v))
-
-    if cfg.remat:
-      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    x_BTD, new_kv = jax.lax.scan(body, x_BTD, (layer_params, cache_xs))
+    if cache is None:
+      def body(x_BTD, p):
+        return layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq)[0], None
+      if cfg.remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+      x_BTD, _ = jax.lax.scan(body, x_BTD, layer_params)
+      new_cache = None
+    else:
+      # The stacked cache is a loop carry, updated in place layer by layer.
+      def body(carry, p):
+        x_BTD, k_all, v_all, layer = carry
+        x_BTD, k_all, v_all = layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq,
+                                            (k_all, v_all, layer, slots_BT))
+        return (x_BTD, k_all, v_all, layer + 1), None
+      (x_BTD, k_all, v_all, _), _ = jax.lax.scan(
+          body, (x_BTD, cache.k_LBSKDh, cache.v_LBSKDh, jnp.int32(0)), layer_params)
+      new_cache = KVCache(k_all, v_all, cache_segments_BS)
     hidden_BTD = rms_norm(x_BTD, self.norm.weight[...], cfg.rms_norm_eps)
-    new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], cache_segments_BS)
     return hidden_BTD, new_cache
 
   def logits(self, hidden_BTD) -> jax.Array:

@@ -41,7 +41,7 @@ class SamplingConfig:
   num_samples: int = 8        # K samples per prompt
   batch_rows: int = 64        # rows decoding at once (rounded up to the batch-axis size)
   chunk_steps: int = 16       # decode steps between host refills
-  prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+  prompt_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
   seed: int = 0
 
   def identity(self) -> dict:
@@ -136,20 +136,24 @@ class Sampler:
     return jax.device_put(state, self._state_shardings(state))
 
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-  def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, rows_R, tokens_RP, lens_R, keys_R):
-    """Prefill prompts into rows `rows_R` (index B = skip) and sample their first tokens."""
+  def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
+    """Prefill U distinct prompts once, copy each into the rows `rows_R` (index B = skip) that
+    sample from it (`source_R`), and sample every row's first token."""
     model = nnx.merge(self.graphdef, params)
-    R, Pb = tokens_RP.shape
+    U, Pb = tokens_UP.shape
+    R = rows_R.shape[0]
     S = state.cache.segment_ids_BS.shape[1]
-    segments_RP = (jnp.arange(Pb)[None] >= (Pb - lens_R)[:, None]).astype(jnp.int32)
-    positions_RP = jnp.maximum(jnp.cumsum(segments_RP, axis=1) - 1, 0)
-    fresh = KVCache.zeros(self.model_cfg, R, S)
-    hidden_RPD, fresh = model(tokens_RP, positions_RP, segments_RP, fresh, jnp.zeros((R,), jnp.int32))
-    first_R = sample_tokens(model.logits(hidden_RPD[:, -1:])[:, 0], keys_R, jnp.zeros((R,), jnp.int32),
-                            cfg, self.valid_vocab)
+    segments_UP = (jnp.arange(Pb)[None] >= (Pb - lens_U)[:, None]).astype(jnp.int32)
+    positions_UP = jnp.maximum(jnp.cumsum(segments_UP, axis=1) - 1, 0)
+    fresh = KVCache.zeros(self.model_cfg, U, S)
+    hidden_UPD, fresh = model(tokens_UP, positions_UP, segments_UP, fresh, jnp.zeros((U,), jnp.int32))
+    logits_RV = model.logits(hidden_UPD[:, -1:])[:, 0][source_R]
+    first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, self.valid_vocab)
     put = lambda big, new, axis=0: big.at[(slice(None),) * axis + (rows_R,)].set(new, mode="drop")
-    cache = KVCache(put(state.cache.k_LBSKDh, fresh.k_LBSKDh, 1), put(state.cache.v_LBSKDh, fresh.v_LBSKDh, 1),
-                    put(state.cache.segment_ids_BS, fresh.segment_ids_BS))
+    cache = KVCache(put(state.cache.k_LBSKDh, fresh.k_LBSKDh[:, source_R], 1),
+                    put(state.cache.v_LBSKDh, fresh.v_LBSKDh[:, source_R], 1),
+                    put(state.cache.segment_ids_BS, fresh.segment_ids_BS[source_R]))
+    lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
     out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
     return DecodeState(
@@ -225,20 +229,25 @@ class Sampler:
     return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
 
   def _refill(self, cfg, state, free, queue, owner, prompts, keys):
-    """Prefill waiting prompts into free rows; R is padded to a power of two to reuse compiles."""
+    """Prefill waiting prompts into free rows. Samples of one prompt share a single prefill;
+    row and prompt counts are padded to powers of two so compiles are reused."""
     take = [(free[j], queue.popleft()) for j in range(min(len(free), len(queue)))]
-    R = 1 << (len(take) - 1).bit_length()
-    R = -(-R // self.row_multiple) * self.row_multiple
-    Pb = self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
+    pad = lambda n: -(-(1 << (n - 1).bit_length()) // self.row_multiple) * self.row_multiple
+    unique = list(dict.fromkeys(i for _, (i, _) in take))
+    U, R = pad(len(unique)), pad(len(take))
+    Pb = self._bucket(max(len(prompts[i]) for i in unique), cfg)
+    tokens = np.full((U, Pb), self.pad_id, np.int32)
+    lens = np.ones(U, np.int32)
+    for u, i in enumerate(unique):
+      lens[u] = len(prompts[i])
+      tokens[u, Pb - lens[u]:] = prompts[i]
     rows = np.full(R, len(owner), np.int32)            # index B: dropped by the scatter
-    tokens = np.full((R, Pb), self.pad_id, np.int32)
-    lens = np.ones(R, np.int32)
+    source = np.zeros(R, np.int32)
     seq_keys = np.zeros(R, np.int32)
+    where = {i: u for u, i in enumerate(unique)}
     for j, (r, (i, k)) in enumerate(take):
-      rows[j], lens[j] = r, len(prompts[i])
-      tokens[j, Pb - lens[j]:] = prompts[i]
+      rows[j], source[j] = r, where[i]
       seq_keys[j] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
-    batch = mesh_lib.batch_sharding(self.mesh, 1)
-    put = lambda x: jax.device_put(x, batch if x.ndim == 1 else mesh_lib.batch_sharding(self.mesh, 2))
-    return self._prefill(cfg, self.params, state, *map(put, (rows, tokens, lens, seq_keys)))
+    put = lambda x: jax.device_put(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
+    return self._prefill(cfg, self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))
