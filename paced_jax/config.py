@@ -16,6 +16,7 @@ import ml_collections
 
 from paced_jax.mesh import MeshConfig
 from paced_jax.sampler import SamplingConfig
+from paced_jax.snr_stats import SNRConfig
 from paced_jax.verifier import VerifierConfig
 from paced_jax.weights import WeightConfig
 
@@ -128,6 +129,8 @@ class ExperimentConfig:
   teacher_signal: TeacherSignalConfig = TeacherSignalConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
+  snr: SNRConfig = SNRConfig()
+  run_snr: bool = False             # the pipeline measures gradient SNR at the initial student
 
 
 _CHOICES = {

@@ -1,0 +1,73 @@
+"""The main job: prepare -> pass rates -> references + teacher signal -> train -> evaluate -> report.
+
+Each stage skips itself when its outputs are complete and resumes when they are partial, so the
+same command finishes a killed pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from paced_jax import (artifacts, evaluate, hf_checkpoint, loaded_model, mesh as mesh_lib, pass_rate, problems,
+                       reference, report, snr, teacher_stage, trainer)
+from paced_jax.config import ExperimentConfig, to_json
+
+
+def _banner(i: int, n: int, name: str) -> None:
+  print(f"\n=== [{i}/{n}] {name} ===", flush=True)
+
+
+def run(cfg: ExperimentConfig) -> str:
+  """Run every stage of `cfg` in its workspace; returns the report's path."""
+  tic = time.time()
+  os.makedirs(cfg.workdir, exist_ok=True)
+  artifacts.write_json(os.path.join(cfg.workdir, "config.json"), to_json(cfg))
+  offline = any(trainer.stage_of(cfg, s)[0] == "offline" for s in range(cfg.train.steps))
+  stages = ["prepare problems", "load models", "pass rates"] + (["references + teacher signal"] if offline else []) + [
+      "evaluate initial student", "train", "evaluate trained student", "report"]
+  n = len(stages)
+  step = iter(range(1, n + 1))
+
+  _banner(next(step), n, stages[0])
+  p = cfg.problems
+  fields = problems.FieldMap(id=p.field_id or None, prompt=p.field_prompt, answer=p.field_answer,
+                             solution=p.field_solution or None)
+  problems.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed, fields=fields)
+
+  _banner(next(step), n, stages[1])
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  student = loaded_model.load(cfg.student, mesh, cfg.model)
+  teacher = student if not cfg.teacher else loaded_model.load(cfg.teacher, mesh, cfg.model)
+  teacher_stage.check_same_tokenizer(student, teacher)
+  print(f"student {student.model_dir} ({student.cfg.num_layers} layers, d={student.cfg.hidden_size}); "
+        f"teacher {'= initial student' if teacher is student else teacher.model_dir}; mesh {dict(mesh.shape)}")
+
+  _banner(next(step), n, stages[2])
+  pass_rate.run(cfg, student)
+  if offline:
+    _banner(next(step), n, stages[3])
+    reference.run(cfg, teacher)
+    teacher_stage.run(cfg, teacher)
+
+  if cfg.run_snr:
+    snr.run(cfg, student, teacher, tag="initial")
+  _banner(next(step), n, "evaluate initial student")
+  initial = evaluate.evaluate(cfg, student, tag=evaluate.BASELINE_TAG)
+  _banner(next(step), n, "train")
+  trainer.train(cfg, student, teacher)
+  _banner(next(step), n, "evaluate trained student")
+  trained_step, params = trainer.restore_params(cfg, student)
+  final = evaluate.evaluate(cfg, student, params=params, tag="final",
+                            fingerprint=f"{student.fingerprint}@step{trained_step}")
+  export_dir = os.path.join(cfg.workdir, "export")
+  if not os.path.exists(os.path.join(export_dir, "config.json")):
+    hf_checkpoint.export_hf(params, student.cfg, export_dir, tokenizer_dir=student.model_dir)
+
+  _banner(next(step), n, "report")
+  path = report.build_report(cfg.workdir)
+  print("\ninitial student:\n" + evaluate.format_table(initial))
+  print("\ntrained student (step %d):\n" % trained_step + evaluate.format_table(final))
+  print(f"\ntrained model (Hugging Face format): {export_dir}")
+  print(f"report: {path}   ({(time.time() - tic) / 60:.1f} min)")
+  return path

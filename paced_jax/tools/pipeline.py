@@ -1,0 +1,21 @@
+"""Run the whole PACED pipeline in one workspace (resumes; skips finished stages).
+
+  python -m paced_jax.tools.pipeline --config=configs/demo.py:quick
+  python -m paced_jax.tools.pipeline --config=configs/tiny.py --config.workdir=/tmp/tiny
+"""
+
+from __future__ import annotations
+
+from absl import app
+
+from paced_jax import pipeline
+from paced_jax.tools import flags
+
+
+def main(argv):
+  del argv
+  pipeline.run(flags.experiment())
+
+
+if __name__ == "__main__":
+  app.run(main)
