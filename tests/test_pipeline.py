@@ -1,0 +1,34 @@
+"""The tiny pipeline end to end: every artifact, the exported model, and the report."""
+
+import os
+import re
+
+import pytest
+import transformers
+
+from paced_jax import artifacts, config as config_lib, pipeline
+from stage_fixtures import load_config_file
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end(tmp_path, capsys):
+  c = load_config_file("tiny.py")
+  c.workdir = str(tmp_path / "w")
+  cfg = config_lib.experiment(c)
+  report_path = pipeline.run(cfg)
+  w = cfg.workdir
+  for directory, kind in [("problems", "problems"), ("pass_rates/0000", "pass_rates"), ("references", "references"),
+                          ("teacher", "teacher_signal"), ("eval/initial", "eval"), ("eval/final", "eval")]:
+    artifacts.read_manifest(os.path.join(w, directory), kind)
+  assert os.path.isdir(os.path.join(w, "checkpoints", str(cfg.train.steps)))
+  lines = open(os.path.join(w, "metrics", "train.jsonl")).read().splitlines()
+  assert len(lines) == cfg.train.steps
+  assert transformers.AutoModelForCausalLM.from_pretrained(os.path.join(w, "export")) is not None
+  report = open(report_path).read()
+  images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+  assert images and all(os.path.exists(os.path.join(os.path.dirname(report_path), i)) for i in images)
+  assert "final" in report and "initial" in report
+  out = capsys.readouterr().out
+  assert "report:" in out and "trained student" in out
+  # A second run finds everything complete and redoes nothing expensive.
+  assert pipeline.run(cfg) == report_path
