@@ -44,6 +44,11 @@ class SamplingConfig:
   prompt_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
   seed: int = 0
 
+  def compiled_part(self) -> "SamplingConfig":
+    """The settings the jitted functions see: host-only fields are normalised away, so stages
+    that differ only in K, batching or buckets share compiled code."""
+    return dataclasses.replace(self, num_samples=1, batch_rows=0, prompt_buckets=())
+
   def identity(self) -> dict:
     """The settings that determine the samples (batching and bucketing do not)."""
     return {k: v for k, v in dataclasses.asdict(self).items()
@@ -212,7 +217,7 @@ class Sampler:
       free = [r for r in range(rows) if owner[r] is None]
       if queue and free:
         state = self._refill(cfg, state, free, queue, owner, prompts, keys)
-      state = self._decode_chunk(cfg, self.params, state)
+      state = self._decode_chunk(cfg.compiled_part(), self.params, state)
       active, gen_len, out = jax.device_get((state.active_B, state.gen_len_B, state.out_BN))
       for r in range(rows):
         if owner[r] is not None and not active[r]:
@@ -250,4 +255,4 @@ class Sampler:
       seq_keys[j] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
     put = lambda x: jax.device_put(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
-    return self._prefill(cfg, self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))
+    return self._prefill(cfg.compiled_part(), self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))

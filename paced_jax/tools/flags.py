@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import logging
 from ml_collections import config_flags
 
@@ -12,8 +14,18 @@ CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 
 
+def enable_compilation_cache() -> None:
+  """Reuse XLA executables across runs: a resumed or repeated stage skips minutes of compiling."""
+  import jax  # deferred: flag parsing must not initialise jax
+  directory = os.environ.get("PACED_JAX_XLA_CACHE") or os.path.join(
+      os.environ.get("PACED_JAX_CACHE") or os.path.expanduser("~/.cache/paced_jax"), "xla")
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def experiment() -> config_lib.ExperimentConfig:
   logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) off the progress bars
+  enable_compilation_cache()
   if CONFIG.value is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   try:
