@@ -44,3 +44,12 @@ def load(spec: str, mesh: Mesh, options: ModelOptions = ModelOptions()) -> Loade
       model_dir, mesh, compute_dtype=options.compute_dtype, param_dtype=options.param_dtype, remat=options.remat)
   return LoadedModel(model_dir, cfg, graphdef, params, tokenization.load_tokenizer(model_dir),
                      hf_checkpoint.model_fingerprint(model_dir), mesh)
+
+
+def load_student_and_teacher(cfg) -> tuple[LoadedModel, LoadedModel]:
+  """Both models of an ExperimentConfig on its mesh; the teacher is the student itself (its
+  frozen initial weights) unless `cfg.teacher` names another model."""
+  from paced_jax import mesh as mesh_lib  # deferred: keeps this module's imports minimal
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  student = load(cfg.student, mesh, cfg.model)
+  return student, (student if not cfg.teacher else load(cfg.teacher, mesh, cfg.model))

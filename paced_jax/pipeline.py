@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from paced_jax import (artifacts, evaluate, hf_checkpoint, loaded_model, mesh as mesh_lib, pass_rate, problems,
+from paced_jax import (artifacts, evaluate, hf_checkpoint, loaded_model, pass_rate, problems,
                        reference, report, snr, teacher_stage, trainer)
 from paced_jax.config import ExperimentConfig, to_json
 
@@ -36,9 +36,8 @@ def run(cfg: ExperimentConfig) -> str:
   problems.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed, fields=fields)
 
   _banner(next(step), n, stages[1])
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  student = loaded_model.load(cfg.student, mesh, cfg.model)
-  teacher = student if not cfg.teacher else loaded_model.load(cfg.teacher, mesh, cfg.model)
+  student, teacher = loaded_model.load_student_and_teacher(cfg)
+  mesh = student.mesh
   teacher_stage.check_same_tokenizer(student, teacher)
   print(f"student {student.model_dir} ({student.cfg.num_layers} layers, d={student.cfg.hidden_size}); "
         f"teacher {'= initial student' if teacher is student else teacher.model_dir}; mesh {dict(mesh.shape)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import app, flags as absl_flags
 
-from paced_jax import artifacts, loaded_model, mesh as mesh_lib, snr, snr_stats, trainer
+from paced_jax import artifacts, loaded_model, snr, snr_stats, trainer
 from paced_jax.tools import flags
 
 TAG = absl_flags.DEFINE_string("tag", None, "Results go to WORKDIR/snr/<tag>/ (default: initial, or step<N>).")
@@ -27,9 +27,7 @@ VMAP_ROWS = absl_flags.DEFINE_integer("vmap_rows", None, "Per-problem gradients 
 def main(argv):
   del argv
   cfg = flags.experiment()
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  student = loaded_model.load(cfg.student, mesh, cfg.model)
-  teacher = student if not cfg.teacher else loaded_model.load(cfg.teacher, mesh, cfg.model)
+  student, teacher = loaded_model.load_student_and_teacher(cfg)
   params, fingerprint, tag = None, None, TAG.value or "initial"
   if CHECKPOINT.value:
     step = None if CHECKPOINT.value == "latest" else int(CHECKPOINT.value)

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from absl import app
 
-from paced_jax import loaded_model, mesh as mesh_lib, trainer
+from paced_jax import loaded_model, trainer
 from paced_jax.tools import flags
 
 
 def main(argv):
   del argv
   cfg = flags.experiment()
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  student = loaded_model.load(cfg.student, mesh, cfg.model)
-  teacher = student if not cfg.teacher else loaded_model.load(cfg.teacher, mesh, cfg.model)
+  student, teacher = loaded_model.load_student_and_teacher(cfg)
   trainer.train(cfg, student, teacher)
 
 
