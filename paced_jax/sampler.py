@@ -110,7 +110,9 @@ class Sampler:
                valid_vocab: int, pad_id: int = 0):
     self.model_cfg = model_cfg
     self.graphdef = graphdef
-    self.params = params
+    # One pytree structure for loaded (nnx.State) and trained (pure dict) weights: the same
+    # compiled prefill / decode then serve both.
+    self.params = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
     self.mesh = mesh
     self.stop_ids = tuple(int(i) for i in stop_ids)
     self.valid_vocab = int(valid_vocab)
