@@ -1,0 +1,103 @@
+"""Paper presets (configs/qwen3_distill.py, ...): every variant converts, carries the paper's
+training defaults, fits its TPU slice's device count, and bad variants are refused."""
+
+import importlib.util
+import os
+
+import pytest
+
+from paced_jax import aot, config as config_lib, paper_presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = ("qwen3_distill", "qwen25_math_selfdistill", "llama3_distill")
+
+
+def _module(name):
+  spec = importlib.util.spec_from_file_location(f"preset_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _variants(module):
+  singles = ["", *paper_presets.METHOD_VARIANTS, *module.SLICES]
+  combos = [f"{m},{s}" for m in ("akl", "two_stage,hard_filter") for s in module.SLICES]
+  return singles + combos
+
+
+CASES = [(name, v) for name in PRESETS for v in _variants(_module(name))]
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_every_variant_converts_with_paper_defaults(name, variant):
+  module = _module(name)
+  cfg = config_lib.experiment(module.get_config(variant))
+  t = cfg.train
+  assert (t.lr, t.weight_decay, t.grad_clip, t.batch_size) == (1e-6, 0.1, 1.0, 256)
+  assert (cfg.model.compute_dtype, cfg.model.param_dtype, cfg.model.remat) == ("bfloat16", "float32", True)
+  assert cfg.prompts.enable_thinking is False
+  assert cfg.verifier.extract == ("boxed",)
+  ps = cfg.pass_rate.sampling
+  assert (ps.temperature, ps.top_p, ps.top_k, ps.num_samples) == (1.0, 1.0, 0, 8)
+  es = cfg.eval.sampling
+  assert (es.temperature, es.top_p, es.top_k, es.num_samples) == (0.7, 0.8, 20, 8)
+  names = [b.rpartition("name=")[2].split(",")[0] for b in cfg.eval.benchmarks]
+  assert names == ["math500", "aime24", "aime25"]
+  assert cfg.eval.retain_set.startswith("/data/")
+  # Every response fits its row after the prompt budget.
+  for s in (ps, es, cfg.reference.sampling, t.rollout_sampling):
+    assert s.max_new_tokens + paper_presets.PROMPT_BUDGET == t.seq_len
+  assert t.seq_len % t.loss_chunk == 0
+
+  options = set(variant.split(","))
+  if options & set(module.SLICES):
+    (slice_name,) = options & set(module.SLICES)
+    assert cfg.mesh.distributed
+    devices = aot.device_count(slice_name)
+    assert cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.tensor == devices
+    rows = t.rows_per_step or t.batch_size
+    assert rows % t.micro_batches == 0
+    assert (rows // t.micro_batches) % (cfg.mesh.data * cfg.mesh.fsdp) == 0, "micro-batch must shard evenly"
+  else:
+    assert not cfg.mesh.distributed
+  if "akl" in options:
+    assert (t.loss, cfg.weights.scheme) == ("akl", "uniform")
+  elif "uniform" in options or "hard_filter" in options:
+    assert cfg.weights.scheme == ("uniform" if "uniform" in options else "hard_filter")
+  else:
+    assert cfg.weights.scheme == "paced"
+  if "two_stage" in options:
+    assert cfg.track == "two_stage"
+
+
+def test_preset_models_and_tracks():
+  q3 = config_lib.experiment(_module("qwen3_distill").get_config(""))
+  assert (q3.student, q3.teacher, q3.track, q3.train.loss) == (
+      "/models/Qwen3-1.7B", "/models/Qwen3-8B-GRPO", "distill", "forward_kl")
+  assert q3.train.seq_len == 512 + 8192
+  sd = config_lib.experiment(_module("qwen25_math_selfdistill").get_config(""))
+  assert (sd.teacher, sd.track, sd.train.loss, sd.prompts.teacher_context) == (
+      "", "self_distill", "reverse_kl", "answer_only")
+  assert sd.train.seq_len <= aot.known_architecture("Qwen2.5-Math-7B").max_position_embeddings
+  ll = config_lib.experiment(_module("llama3_distill").get_config("v5p-64"))
+  assert (ll.student, ll.teacher, ll.track) == ("/models/Llama-3.1-8B-Instruct", "/models/Llama-3.3-70B-Instruct",
+                                                "distill")
+  assert 4 <= ll.mesh.tensor <= 8
+
+
+def test_variants_change_the_workdir_but_slices_do_not():
+  m = _module("qwen3_distill")
+  assert m.get_config("akl").workdir != m.get_config("").workdir
+  assert m.get_config("v5p-64").workdir == m.get_config("").workdir  # resume on another slice
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("variant,message", [
+    ("bogus", "unknown variant"),
+    ("uniform,v5p-9", "unknown variant"),
+    ("uniform,hard_filter", "pick one"),
+    ("v5p-64,v6e-64", "pick one"),
+])
+def test_bad_variants_raise(name, variant, message):
+  with pytest.raises(ValueError, match=message):
+    _module(name).get_config(variant)
