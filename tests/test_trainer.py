@@ -17,19 +17,14 @@ from flax import nnx
 from paced_jax import pass_rate, reference, teacher_stage, trainer, training_data
 from paced_jax import train_step as ts
 from paced_jax.packing import pack
+import tiny_workspace
 from stage_fixtures import ROOT, load_student, tiny_experiment
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  """A tiny workspace with pass rates, references and the teacher store, on one device."""
-  workdir = str(tmp_path_factory.mktemp("prepared"))
-  cfg = tiny_experiment(workdir)
-  student = load_student(cfg, jax.devices()[:1])
-  pass_rate.run(cfg, student)
-  reference.run(cfg, student)
-  teacher_stage.run(cfg, student)
-  return workdir, student
+  """The session's tiny workspace (pass rates, references, teacher store) and its student."""
+  return tiny_workspace.prepared(tmp_path_factory)
 
 
 def _fixed_batch_loss(cfg, student, params, examples, divergence):
