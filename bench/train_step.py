@@ -60,12 +60,12 @@ flags.DEFINE_integer("loss_tokens", 200, "trained positions per row (the last on
 flags.DEFINE_integer("loss_chunk", 128, "paced_jax loss chunk (positions per logits block)")
 flags.DEFINE_integer("steps", 3, "timed steps per variant (median reported)")
 flags.DEFINE_integer("warmup", 1, "untimed steps before the timed ones (after compilation)")
-flags.DEFINE_list("variants", ["jax_fp32", "jax_fp32_remat", "jax_bf16", "jax_bf16_remat", "jax_fp32_full_logits",
-                               "torch_fp32", "torch_bf16", "torch_fp32_compile", "torch_bf16_compile"],
-                  "variants to run, in this order (see the module docstring)")
+flags.DEFINE_list("variants", ["jax_fp32", "torch_fp32", "jax_bf16", "torch_bf16", "jax_fp32_remat", "jax_bf16_remat",
+                               "torch_fp32_compile", "torch_bf16_compile", "jax_fp32_full_logits"],
+                  "variants to run, in this order (see the module docstring); systems alternate, so a change "
+                  "in the machine's load does not land on one system only")
 flags.DEFINE_list("breakdown", ["jax_fp32", "jax_bf16", "torch_fp32", "torch_bf16"],
                   "variants that also time forward-only and forward+backward")
-flags.DEFINE_integer("breakdown_steps", 2, "timed calls of each breakdown part (median reported)")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default)")
 flags.DEFINE_integer("peak_size", 2048, "n of the n x n x n matmuls that measure the peaks")
 flags.DEFINE_integer("worker_timeout", 1800, "seconds before a variant's subprocess is killed")
@@ -74,8 +74,8 @@ flags.DEFINE_string("json_out", "", "also write all results here")
 flags.DEFINE_string("worker", "", "internal: run this one variant and print its RESULT line")
 
 # Flags the parent hands to each worker unchanged.
-_WORKER_FLAGS = ("batch", "seq_len", "top_k", "loss_tokens", "loss_chunk", "steps", "warmup", "breakdown_steps",
-                 "torch_threads", "seed")
+_WORKER_FLAGS = ("batch", "seq_len", "top_k", "loss_tokens", "loss_chunk", "steps", "warmup", "torch_threads",
+                 "peak_size", "seed")
 
 
 def parse_variant(name: str) -> dict:
@@ -140,6 +140,52 @@ def timed_calls(call, n: int) -> list[float]:
   return out
 
 
+def matmul_peak(system: str, dtype: str, n: int, repeats: int = 5) -> float:
+  """Best-of-`repeats` FLOP/s of one n x n x n matmul in `system` ("jax" / "torch") at `dtype`."""
+  if system == "jax":
+    import jax
+    import jax.numpy as jnp
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32).astype(dtype) for i in range(2))
+    mm = jax.jit(jnp.matmul)
+    call = lambda: mm(a, b).block_until_ready()
+  else:
+    import torch
+    ta, tb = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
+    call = lambda: torch.mm(ta, tb)
+  call()
+  return 2.0 * n ** 3 / min(timed_calls(call, repeats))
+
+
+def measure(calls: dict, spec: dict) -> dict:
+  """The timing protocol, shared by both systems.
+
+  One first call of each (JAX: compiled ahead, so this is the first execution; torch.compile
+  compiles here), `--warmup` untimed rounds, then `--steps` timed rounds that interleave the
+  calls (the step and, for breakdown variants, its parts), so load from other processes hits
+  them alike. The matmul peak of this framework and dtype is measured right before and after
+  the timed rounds, in this process, so MFU is relative to what the machine gave at the time.
+  """
+  from bench import common
+  first = {"step": timed_calls(calls["step"], 1)[0]}
+  rss_step = rss_mib()[1]  # before any breakdown part allocates: the step's own peak
+  first.update({k: timed_calls(c, 1)[0] for k, c in calls.items() if k != "step"})
+  for _ in range(FLAGS.warmup):
+    for c in calls.values():
+      c()
+  peaks = [matmul_peak(spec["system"], spec["dtype"], FLAGS.peak_size)]
+  loads = [os.getloadavg()[0]]
+  timed = {k: [] for k in calls}
+  for r in range(FLAGS.steps):
+    for k, c in calls.items():
+      timed[k] += timed_calls(c, 1)
+    loads.append(os.getloadavg()[0])
+    print(f"  round {r + 1}/{FLAGS.steps}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in timed.items())
+          + f"; load average {common.load()}", flush=True)
+  peaks.append(matmul_peak(spec["system"], spec["dtype"], FLAGS.peak_size))
+  return dict(first_s=first["step"], timed=timed.pop("step"), parts={k: float(np.median(v)) for k, v in timed.items()},
+              parts_timed=timed, peak=max(peaks), peaks=peaks, load_1min=loads, max_rss_step_mib=rss_step)
+
+
 # ---------------------------------------------------------------------------------------------
 # paced_jax worker
 
@@ -192,10 +238,7 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
     jax.block_until_ready((holder["state"], metrics))
     losses_seen.append((float(metrics["loss"]), float(metrics["grad_norm"]), int(metrics["skipped"])))
 
-  first_s = timed_calls(one_step, 1)[0]
-  timed_calls(one_step, max(FLAGS.warmup - 1, 0))
-  timed = timed_calls(one_step, FLAGS.steps)
-  parts = {}
+  calls = {"step": one_step}
   if breakdown:
     def fwd_loss(p, b):
       denom = losses.loss_denominator(b.loss_mask, b.segment_ids, b.weight, reduction=step_cfg.token_reduction,
@@ -209,14 +252,15 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
     fns = {"fwd_model": fwd_model, "fwd": fwd_loss,
            "fwd_bwd": lambda p, b: ts.accumulate_gradients(p, b, step_cfg)[::2]}
     for name, fn in fns.items():
-      with jax.set_mesh(mesh):
-        c = jax.jit(fn).lower(holder["state"].params, batch).compile()
-        run = lambda c=c: jax.block_until_ready(c(holder["state"].params, batch))
-        parts[name] = float(np.median(timed_calls(run, FLAGS.breakdown_steps)))  # compiled ahead: no warmup
-  return dict(first_s=first_s, compile_s=compile_s, timed=timed, memory=memory, params=n_params,
+      jitted = jax.jit(fn)  # compiled in its first call, after the step's max RSS is taken
+
+      def run(jitted=jitted):
+        with jax.set_mesh(mesh):
+          jax.block_until_ready(jitted(holder["state"].params, batch))
+      calls[name] = run
+  return dict(**measure(calls, spec), compile_s=compile_s, memory=memory, params=n_params,
               loss0=losses_seen[0][0], grad_norm0=losses_seen[0][1], skipped=sum(s for _, _, s in losses_seen),
-              rss_loaded_mib=rss_loaded[0], parts=parts, cfg=dict(layers=cfg.num_layers, heads=cfg.num_heads,
-                                                                  head_dim=cfg.head_dim))
+              rss_loaded_mib=rss_loaded[0], cfg=dict(layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,10 +326,7 @@ def run_torch(spec: dict, model_dir: str, breakdown: bool) -> dict:
 
   # torch.compile compiles inside the first call (forward) and first backward: that call is the
   # "first" time, as for JAX's compile + first step.
-  first_s = timed_calls(one_step, 1)[0]
-  timed_calls(one_step, max(FLAGS.warmup - 1, 0))
-  timed = timed_calls(one_step, FLAGS.steps)
-  parts = {}
+  calls = {"step": one_step}
   if breakdown:
     def fwd_model():
       with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -299,11 +340,9 @@ def run_torch(spec: dict, model_dir: str, breakdown: bool) -> dict:
       compute_loss().backward()
       opt.zero_grad(set_to_none=True)
 
-    for name, fn in (("fwd_model", fwd_model), ("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-      timed_calls(fn, 1)  # eager, but the first call of each still allocates its buffers
-      parts[name] = float(np.median(timed_calls(fn, FLAGS.breakdown_steps)))
-  return dict(first_s=first_s, compile_s=None, timed=timed, memory=None, params=n_params, loss0=seen[0][0],
-              grad_norm0=seen[0][1], skipped=0, rss_loaded_mib=rss_loaded[0], parts=parts,
+    calls.update(fwd_model=fwd_model, fwd=fwd, fwd_bwd=fwd_bwd)
+  return dict(**measure(calls, spec), compile_s=None, memory=None, params=n_params, loss0=seen[0][0],
+              grad_norm0=seen[0][1], skipped=0, rss_loaded_mib=rss_loaded[0],
               cfg=dict(layers=model.config.num_hidden_layers, heads=model.config.num_attention_heads,
                        head_dim=model.config.head_dim), torch_threads=torch.get_num_threads())
 
@@ -322,26 +361,12 @@ def worker(name: str) -> None:
 # Parent: peaks, one subprocess per variant, the table
 
 
-def matmul_peaks(n: int, repeats: int = 8) -> dict[str, float]:
-  """Best-of-`repeats` FLOP/s of an n x n x n matmul: jax / torch, float32 / bfloat16."""
-  import jax
-  import jax.numpy as jnp
-  import torch
-
+def matmul_peaks(n: int) -> dict[str, float]:
+  """All four peaks (jax / torch x float32 / bfloat16), for the log: MFU uses each worker's own."""
   if FLAGS.torch_threads:
+    import torch
     torch.set_num_threads(FLAGS.torch_threads)
-  flops = 2.0 * n ** 3
-  out = {}
-  for dtype in ("float32", "bfloat16"):
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
-    mm = jax.jit(jnp.matmul)
-    mm(a, b).block_until_ready()
-    out[f"jax_{dtype}"] = flops / min(timed_calls(lambda: mm(a, b).block_until_ready(), repeats))
-    ta, tb = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
-    torch.mm(ta, tb)
-    out[f"torch_{dtype}"] = flops / min(timed_calls(lambda: torch.mm(ta, tb), repeats))
-  return out
+  return {f"{s}_{d}": matmul_peak(s, d, n, repeats=8) for d in ("float32", "bfloat16") for s in ("jax", "torch")}
 
 
 # absl INFO / WARNING lines and progress bars of the workers: not echoed (still kept for errors).
@@ -390,20 +415,24 @@ def report(results: dict, peaks: dict) -> None:
   rows = []
   for name, r in results.items():
     if "error" in r:
-      rows.append((name, r["error"]) + ("-",) * 11)
+      rows.append((name, r["error"]) + ("-",) * 13)
       continue
     spec = parse_variant(name)
     med = float(np.median(r["timed"]))
     r["median_s"], r["tok_s"] = med, B * T / med
-    r["mfu"] = model_flops(r) / med / peaks[f"{spec['system']}_{spec['dtype']}"]
+    r["mfu"] = model_flops(r) / med / r["peak"]
+    r["mfu_best_peak"] = model_flops(r) / med / peaks[f"{spec['system']}_{spec['dtype']}"]
     m = r["memory"]
     rows.append((name, f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-", f"{r['first_s']:.1f}",
-                 f"{med:.2f}", f"{r['tok_s']:.0f}", f"{100 * r['mfu']:.1f}%", f"{r['loss0']:.5f}",
+                 f"{med:.2f}", f"{r['tok_s']:.0f}", f"{r['peak'] / 1e9:.0f}", f"{100 * r['mfu']:.1f}%",
+                 f"{min(r['load_1min']):.1f}-{max(r['load_1min']):.1f}", f"{r['loss0']:.5f}",
                  f"{r['grad_norm0']:.3f}", mib(m["temp"]) if m else "-", mib(m["args"]) if m else "-",
-                 mib(m["peak"]) if m else "-", f"{r['rss_loaded_mib']:.0f}", f"{r['max_rss_mib']:.0f}"))
+                 mib(m["peak"]) if m else "-", f"{r['rss_loaded_mib']:.0f}", f"{r['max_rss_step_mib']:.0f}"))
   print(f"\n### train step B={B} T={T} k={FLAGS.top_k}, {B * FLAGS.loss_tokens} loss tokens, "
-        f"median of {FLAGS.steps} steps after {FLAGS.warmup} warmup")
-  print(common.table(["variant", "compile s", "first step s", "median step s", "tok/s", "MFU", "loss step 0",
+        f"median of {FLAGS.steps} steps after {FLAGS.warmup} warmup; peak = this framework's {FLAGS.peak_size}^3 "
+        f"matmul at the variant's dtype, measured in its worker around its timed steps")
+  print(common.table(["variant", "compile s", "first step s", "median step s", "tok/s", "peak GFLOP/s", "MFU",
+                      "load 1m", "loss step 0",
                       "grad norm 0", "XLA temp MiB", "XLA args MiB", "XLA peak MiB", "RSS loaded MiB",
                       "max RSS MiB"], rows))
 
@@ -424,14 +453,14 @@ def report(results: dict, peaks: dict) -> None:
     b = best(lambda n: n.startswith("torch") and pred(n))
     if a and b:
       print(f"{label}: best paced_jax {a[0]} {a[1]['tok_s']:.0f} tok/s / best torch {b[0]} {b[1]['tok_s']:.0f} "
-            f"tok/s = {a[1]['tok_s'] / b[1]['tok_s']:.2f}x; max RSS {a[1]['max_rss_mib']:.0f} / "
-            f"{b[1]['max_rss_mib']:.0f} MiB = {a[1]['max_rss_mib'] / b[1]['max_rss_mib']:.2f}x")
+            f"tok/s = {a[1]['tok_s'] / b[1]['tok_s']:.2f}x; max RSS {a[1]['max_rss_step_mib']:.0f} / "
+            f"{b[1]['max_rss_step_mib']:.0f} MiB = {a[1]['max_rss_step_mib'] / b[1]['max_rss_step_mib']:.2f}x")
   chunked, full = ok.get("jax_fp32"), ok.get("jax_fp32_full_logits")
   if chunked and full:
     c, f = chunked["memory"], full["memory"]
     print(f"loss in chunks of {FLAGS.loss_chunk} vs one [B, T, V] chunk (fp32): XLA temp {mib(c['temp'])} vs "
           f"{mib(f['temp'])} MiB ({f['temp'] / c['temp']:.2f}x), peak {mib(c['peak'])} vs {mib(f['peak'])} MiB; "
-          f"max RSS {chunked['max_rss_mib']:.0f} vs {full['max_rss_mib']:.0f} MiB")
+          f"max RSS {chunked['max_rss_step_mib']:.0f} vs {full['max_rss_step_mib']:.0f} MiB")
 
 
 def main(argv):
@@ -454,7 +483,7 @@ def main(argv):
     r = results[name]
     if "error" not in r:
       print(f"  {name}: first {r['first_s']:.1f}s, timed {', '.join(f'{t:.2f}' for t in r['timed'])}s, "
-            f"loss0 {r['loss0']:.5f}, max RSS {r['max_rss_mib']:.0f} MiB, parts {r['parts']}, "
+            f"loss0 {r['loss0']:.5f}, max RSS {r['max_rss_step_mib']:.0f} MiB, parts {r['parts']}, "
             f"wall {r['wall_s']:.0f}s", flush=True)
   after = matmul_peaks(FLAGS.peak_size)
   print("# matmul peaks after (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in after.items()), flush=True)
