@@ -157,8 +157,8 @@ class Sampler:
     logits_RV = model.logits(hidden_UPD[:, -1:])[:, 0][source_R]
     first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, self.valid_vocab)
     put = lambda big, new, axis=0: big.at[(slice(None),) * axis + (rows_R,)].set(new, mode="drop")
-    cache = KVCache(put(state.cache.k_LBSKDh, fresh.k_LBSKDh[:, source_R], 1),
-                    put(state.cache.v_LBSKDh, fresh.v_LBSKDh[:, source_R], 1),
+    cache = KVCache(put(state.cache.k_LBKSDh, fresh.k_LBKSDh[:, source_R], 1),
+                    put(state.cache.v_LBKSDh, fresh.v_LBKSDh[:, source_R], 1),
                     put(state.cache.segment_ids_BS, fresh.segment_ids_BS[source_R]))
     lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
@@ -220,7 +220,7 @@ class Sampler:
       if queue and free:
         state = self._refill(cfg, state, free, queue, owner, prompts, keys)
       state = self._decode_chunk(cfg.compiled_part(), self.params, state)
-      active, gen_len, out = jax.device_get((state.active_B, state.gen_len_B, state.out_BN))
+      active, gen_len, out = map(mesh_lib.to_host, (state.active_B, state.gen_len_B, state.out_BN))
       for r in range(rows):
         if owner[r] is not None and not active[r]:
           i, k = owner[r]
@@ -256,5 +256,5 @@ class Sampler:
       rows[j], source[j] = r, where[i]
       seq_keys[j] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
-    put = lambda x: jax.device_put(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
+    put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
     return self._prefill(cfg.compiled_part(), self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))
