@@ -130,3 +130,48 @@ def test_sampling_follows_distribution(settings):
   assert counts[:7][~support].sum() == 0
   _, pvalue = scipy.stats.chisquare(counts[:7][support], n * expected[support])
   assert pvalue > 1e-3, (counts, n * expected)
+
+
+def _wide_logits(V=700, seed=5):
+  """A vocabulary of several sampler blocks: most mass on a few tokens spread over the blocks
+  (block edges included), a low floor everywhere else, the last rows beyond valid_vocab."""
+  rng = np.random.default_rng(seed)
+  logits = np.full(V, -6.0, np.float32) + rng.normal(size=V).astype(np.float32) * 0.1
+  hot = [0, 3, 255, 256, 300, 511, 512, 650]
+  logits[hot] = rng.normal(size=len(hot)).astype(np.float32) + 2.0
+  return logits
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(temperature=0.8, top_k=5), dict(top_k=40, top_p=0.7),
+                                      dict(top_p=0.6), dict(temperature=3.0, top_p=0.9)])
+def test_sampling_follows_distribution_over_blocks(settings):
+  """The two-level samplers (block sums / block maxima, `sampler._BLOCK` tokens per block) against
+  the exact distribution; `temperature=3, top_p=0.9` needs more tokens than the top-p candidate
+  set holds, so it runs the exact full-sort fallback."""
+  V, valid = 700, 690
+  logits = _wide_logits(V)
+  n = 40000
+  sc = sampler_lib.SamplingConfig(seed=3, **settings)
+  tokens = jax.jit(lambda s, t: sampler_lib.sample_tokens(jnp.broadcast_to(logits, (n, V)), s, t, sc, valid_vocab=valid))(
+      jnp.arange(n, dtype=jnp.int32), jnp.zeros(n, jnp.int32))
+  counts = np.bincount(np.asarray(tokens), minlength=V)
+  expected = _reference_probs(logits[:valid], **settings) * n
+  assert counts[valid:].sum() == 0
+  assert counts[:valid][expected == 0].sum() == 0
+  big = expected >= 5  # chi-square wants expected counts >= 5: pool the rest into one cell
+  observed = np.append(counts[:valid][big], counts[:valid][~big].sum())
+  wanted = np.append(expected[big], expected[~big].sum())
+  keep = wanted > 0
+  _, pvalue = scipy.stats.chisquare(observed[keep], wanted[keep])
+  assert pvalue > 1e-3, settings
+
+
+def test_top_candidates_exact():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 1000)).astype(np.float32)
+  logits[0, :900] = -np.inf  # most blocks empty
+  for k in (1, 5, 40):
+    values, ids = sampler_lib.top_candidates(jnp.asarray(logits), k)
+    ref_values, ref_ids = jax.lax.top_k(jnp.asarray(logits), k)
+    np.testing.assert_array_equal(values, ref_values)
+    np.testing.assert_array_equal(ids, ref_ids)
