@@ -192,7 +192,6 @@ def measure(calls: dict, spec: dict) -> dict:
 def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
   import jax
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from paced_jax import hf_checkpoint, losses, mesh as mesh_lib, train_step as ts
 
@@ -213,10 +212,7 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
   del params, pure
   rss_loaded = rss_mib()
 
-  # The same jit as ts.jit_train_step (shardings at the boundary, the state donated), built here
-  # because jit_train_step hides its jitted function and memory_analysis needs the compiled one.
-  step = jax.jit(lambda s, b: ts.train_step(s, b, cfg=step_cfg), in_shardings=(state_sh, batch_sh),
-                 out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
+  step = ts.jit_train_step(step_cfg, state_sh, mesh).jitted  # lowered here: memory_analysis needs it
   with jax.set_mesh(mesh):
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh
 
 from paced_jax import mesh as mesh_lib, model as model_lib, model_config, trainer, train_step as ts
 from paced_jax.config import ExperimentConfig
@@ -257,10 +257,6 @@ def _mesh(cfg: ExperimentConfig, devices: Sequence[Any]) -> Mesh:
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), mesh_lib.AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def batch_in_shardings(batch: ts.Batch) -> ts.Batch:
-  return ts.Batch(*(x.sharding for x in batch))
-
-
 def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | None = None, rows: int | None = None,
                        seq_len: int | None = None, divergence: str | None = None) -> AOTReport:
   """Lower and compile the trainer's train step for `cfg` on `target`; nothing is allocated."""
@@ -298,10 +294,7 @@ def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | No
                            dtype, sharding=mesh_lib.batch_sharding(mesh, 3 if field in ("teacher_ids", "teacher_logprobs") else 2))
       for field, dtype in zip(ts.Batch._fields, dtypes)))
 
-  # The same jit as train_step.jit_train_step (which returns a runner, not a lowerable function).
-  step = jax.jit(lambda state, batch: ts.train_step(state, batch, cfg=scfg),
-                 in_shardings=(state_sharding, batch_in_shardings(batch_in)),
-                 out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=(0,))
+  step = ts.jit_train_step(scfg, state_sharding, mesh).jitted
   tic = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = step.lower(state_in, batch_in).compile()

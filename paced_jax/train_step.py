@@ -176,4 +176,7 @@ def jit_train_step(cfg: StepConfig, state_sharding: TrainState, mesh: Mesh):
   def run(state: TrainState, batch: Batch):
     with jax.set_mesh(mesh):  # the activation constraints inside name mesh axes
       return step(state, batch)
+  # Ahead-of-time use (memory analysis, compiling for a TPU topology):
+  #   with jax.set_mesh(mesh): run.jitted.lower(state, batch).compile()
+  run.jitted = step
   return run
