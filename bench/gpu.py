@@ -39,7 +39,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "gpu", ["gpu", "tiny"], "gpu: real shapes; tiny: a small model, for a CPU smoke run")
 flags.DEFINE_list("models", ["smollm2_135m", "qwen3_1p7b"], "model shapes (gpu preset)")
 flags.DEFINE_list("parts", ["train", "sample"], "what to measure")
-flags.DEFINE_list("systems", ["paced_jax", "torch"], "systems to run")
+flags.DEFINE_list("systems", ["torch", "paced_jax"], "systems to run, in this order; torch first: it hands its "
+                  "cached GPU memory back, while JAX's allocator keeps what it took for the rest of the process")
 flags.DEFINE_integer("batch", 8, "train: rows per step")
 flags.DEFINE_integer("seq_len", 1024, "train: tokens per row")
 flags.DEFINE_integer("top_k", 64, "train: teacher top-k")
