@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -41,6 +42,11 @@ class MeshConfig:
   tensor: int = 1
   rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
   distributed: bool = False  # call jax.distributed.initialize() (multi-host pods)
+  # Explicit multi-process settings (e.g. several processes on one machine); left at their
+  # defaults, jax.distributed.initialize() detects them itself (TPU pods, SLURM, Open MPI).
+  coordinator_address: str = ""  # host:port of process 0's coordinator service
+  num_processes: int = 0
+  process_id: int = -1
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -58,9 +64,19 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def initialize_distributed(cfg: MeshConfig) -> None:
+  """Join the multi-process run (once) when `cfg.distributed`; must precede any device use."""
+  if not cfg.distributed or jax.distributed.is_initialized():
+    return
+  # Not jax.process_count() as the guard: asking it starts the backend, after which
+  # jax.distributed.initialize() refuses to run.
+  jax.distributed.initialize(coordinator_address=cfg.coordinator_address or None,
+                             num_processes=cfg.num_processes or None,
+                             process_id=cfg.process_id if cfg.process_id >= 0 else None)
+
+
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  if cfg.distributed and jax.process_count() == 1:
-    jax.distributed.initialize()
+  initialize_distributed(cfg)
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(cfg, len(devices))
   # Auto axes: the train step uses with_sharding_constraint, which Explicit axes reject.
@@ -100,3 +116,17 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds whole (a deterministic batch): each
+  process places only its own devices' shards, with no cross-process check or transfer
+  (jax.device_put would all-gather the value to assert it is equal everywhere)."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a global array, on every process (gathered when other processes hold parts)."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

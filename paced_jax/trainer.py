@@ -101,6 +101,9 @@ class MetricsLog:
   """metrics/train.jsonl + TensorBoard; on resume, lines past the restored step are dropped."""
 
   def __init__(self, workdir: str, start_step: int):
+    self.file = self.tb = None
+    if jax.process_index() != 0:
+      return  # the workspace is shared: a second writer's rewrite would orphan process 0's open file
     directory = os.path.join(workdir, "metrics")
     os.makedirs(directory, exist_ok=True)
     self.path = os.path.join(directory, "train.jsonl")
@@ -108,10 +111,10 @@ class MetricsLog:
     with artifacts.atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(self.path, "a")
-    self.tb = SummaryWriter(os.path.join(directory, "tensorboard")) if jax.process_index() == 0 else None
+    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
 
   def write(self, record: dict) -> None:
-    if jax.process_index() != 0:
+    if self.file is None:
       return
     self.file.write(json.dumps(record) + "\n")
     self.file.flush()
@@ -124,7 +127,8 @@ class MetricsLog:
             self.tb.add_scalar(f"bucket_loss/correct_{b}_of_{len(value) - 1}", v, record["step"])
 
   def close(self) -> None:
-    self.file.close()
+    if self.file:
+      self.file.close()
     if self.tb:
       self.tb.close()
 
@@ -154,7 +158,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   term = _Termination()
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)
-  bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress)
+  bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index() > 0)
   try:
     for s in range(start, t.steps):
       tic = time.perf_counter()
@@ -167,7 +171,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         sampler = student.sampler(params=state.params)
         examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg)
       batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
-      state, metrics = jitted[div](state, jax.device_put(batch_np, batch_sharding))
+      batch = ts.Batch(*map(mesh_lib.from_host, batch_np, batch_sharding))
+      state, metrics = jitted[div](state, batch)
       m = jax.device_get(metrics)
       seconds = time.perf_counter() - tic
       record = {"step": s + 1, "stage": source, "divergence": div, "seconds": seconds,

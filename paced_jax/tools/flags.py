@@ -29,6 +29,10 @@ def experiment() -> config_lib.ExperimentConfig:
   if CONFIG.value is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   try:
-    return config_lib.experiment(CONFIG.value)
+    cfg = config_lib.experiment(CONFIG.value)
   except config_lib.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
+  # Before the stage touches any device: a stage that builds its own mesh still joins the run.
+  from paced_jax import mesh as mesh_lib
+  mesh_lib.initialize_distributed(cfg.mesh)
+  return cfg
