@@ -23,8 +23,8 @@ def get_config(variant: str = ""):
   c.track = "two_stage"
   c.mesh.data = -1
   c.problems.source = "builtin:easy_arithmetic"
-  c.problems.n_train = 192
-  c.problems.n_heldout = 64
+  c.problems.n_train = 128
+  c.problems.n_heldout = 48
   c.verifier.extract = ["boxed", "answer_line", "last_number"]
   c.verifier.workers = 2
   c.verifier.timeout_s = 5.0
@@ -37,27 +37,34 @@ def get_config(variant: str = ""):
   c.pass_rate.sampling.num_samples = 8
   c.eval.sampling.num_samples = 4
   c.eval.benchmarks = ["heldout"]
-  c.eval.retain_set = "builtin:arith_mc"
+  c.eval.retain_set = "builtin:arith_mc:n=60"
   c.weights.scheme = "paced"
   c.teacher_signal.top_k = 32
   c.teacher_signal.chunk_size = 128
   c.teacher_signal.batch_size = 16
-  c.train.steps = 40
+  # A chat-rendered problem is 46 tokens: with its answer (<= 24 tokens) two fit in a 144-token row.
+  c.train.steps = 16
   c.train.batch_size = 16
   c.train.rows_per_step = 8
-  c.train.seq_len = 128
+  c.train.seq_len = 144
   c.train.lr = 2e-5
   c.train.weight_decay = 0.0
   c.train.warmup_steps = 2
-  c.train.loss_chunk = 64
-  c.train.checkpoint_every = 10
+  c.train.loss_chunk = 144
+  c.train.checkpoint_every = 8
   if "quick" in options:
     c.workdir = "workdir/demo_quick"
-    c.problems.n_train = 64
-    c.problems.n_heldout = 32
-    c.train.steps = 12
-    c.train.checkpoint_every = 6
+    c.problems.n_train = 32
+    c.problems.n_heldout = 16
+    for sampling in (c.pass_rate.sampling, c.reference.sampling, c.train.rollout_sampling, c.eval.sampling):
+      sampling.max_new_tokens = 16
     c.eval.sampling.num_samples = 2
+    c.eval.retain_set = "builtin:arith_mc:n=24"
+    c.train.steps = 4
+    c.train.batch_size = 8
+    c.train.rows_per_step = 4
+    c.train.seq_len = c.train.loss_chunk = 128  # 46 + 16 tokens: still two per row
+    c.train.checkpoint_every = 2
   if "uniform" in options:
     c.weights.scheme = "uniform"
   if "hard_filter" in options:
