@@ -248,10 +248,17 @@ def _easy_arithmetic(n: int, seed: int, split: str, levels: tuple[int, ...]) -> 
 # Name -> levels of the easy pools; 1-digit only (levels 1-2) has 155 problems in all.
 EASY_SOURCES = {"easy_arithmetic": (1, 2, 3), "easy_arithmetic_1digit": (1, 2)}
 
+
+def _lab_arithmetic(n: int, seed: int, split: str) -> list[Problem]:
+  from paced_jax import lab_tasks  # deferred: lab_tasks imports this module
+  return lab_tasks.generate(n, seed, split)
+
+
 # Name -> fn(n, seed, split); an entry added here is usable as `builtin:<name>`.
 BUILTIN_SOURCES: dict[str, Callable[[int, int, str], list[Problem]]] = {
     **{name: functools.partial(_reasoning_gym, name) for name in RG_CONFIGS},
     **{name: functools.partial(_easy_arithmetic, levels=levels) for name, levels in EASY_SOURCES.items()},
+    "lab_arithmetic": _lab_arithmetic,  # the method lab's graded synthetic tasks (lab_tasks.py)
 }
 
 
@@ -262,6 +269,9 @@ def builtin_settings(name: str) -> dict[str, Any]:
             "config": RG_CONFIGS[name], "heldout_buckets": HELDOUT_BUCKETS}
   if name in EASY_SOURCES:
     return {"levels": list(EASY_SOURCES[name]), "prompt": EASY_PROMPT, "heldout_buckets": HELDOUT_BUCKETS}
+  if name == "lab_arithmetic":
+    from paced_jax import lab_tasks
+    return {**lab_tasks.settings(), "heldout_buckets": HELDOUT_BUCKETS}
   return {}
 
 

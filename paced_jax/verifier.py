@@ -40,6 +40,8 @@ class VerifierConfig:
   workers: Grader processes (0: min(4, cpu count)); started on demand, never more than items.
   max_answer_chars: longer extracted answers are judged wrong without math-verify.
   start_method: "spawn" or "forkserver".
+  math_verify: False = exact grading: an answer that is not the truth's string or number is wrong
+    (no worker processes; "100+8" is not "108"). True sends such answers to math-verify.
   """
 
   extract: tuple[str, ...] = ("boxed", "answer_line")
@@ -47,6 +49,7 @@ class VerifierConfig:
   workers: int = 0
   max_answer_chars: int = 1000
   start_method: str = "spawn"
+  math_verify: bool = True
 
   def __post_init__(self):
     if not self.extract or any(s not in STRATEGIES for s in self.extract):
@@ -179,6 +182,8 @@ def _prejudge(response: str, truth: str, cfg: VerifierConfig) -> Verdict | tuple
     # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
     if a.denominator == 1 and g.denominator == 1:
       return Verdict(False, extracted, "mismatch")
+  if not cfg.math_verify:
+    return Verdict(False, extracted, "mismatch")
   if len(answer) > cfg.max_answer_chars:
     return Verdict(False, extracted, "too_long")
   return extracted, answer, gold
