@@ -1,0 +1,77 @@
+"""The method lab: PACED vs its baselines on synthetic arithmetic, with seeds, on a laptop CPU.
+
+  python -m paced_jax.tools.lab --config=configs/lab.py                 # the full table (~1 h + bootstrap)
+  python -m paced_jax.tools.lab --config=configs/lab.py:smoke           # a few minutes: 1 seed, 2 methods
+  python -m paced_jax.tools.lab --config=configs/lab.py report          # rebuild the report only
+Any field can be overridden: --config.seeds='(0,1,2,3,4)' --config.experiment.train.steps=80.
+"""
+
+import ml_collections
+
+from paced_jax import config as config_lib, lab_config
+
+
+def get_config(variant: str = ""):
+  c = config_lib.to_config_dict(lab_config.LabConfig())
+  c.workdir = "workdir/lab"
+  e = c.experiment
+  e.mesh.data = -1
+  e.problems.source = "builtin:lab_arithmetic"
+  e.problems.n_train = 480          # 80 per level
+  e.problems.n_heldout = 240        # 40 per level
+  # Only words of the lab tokenizer (lab_tokenizer.WORDS) may appear in the templates.
+  e.prompts.student_template = "{problem}"
+  e.prompts.answer_only_template = "{problem}\nHint: answer is {answer}."
+  e.prompts.solution_template = "{problem}\nSolution:\n{solution}"
+  e.verifier.extract = ["answer_line"]
+  e.verifier.math_verify = False    # exact grading: the answer line must be the number
+  e.verifier.workers = 1
+  for sampling in (e.pass_rate.sampling, e.reference.sampling, e.train.rollout_sampling, e.eval.sampling):
+    sampling.max_new_tokens = 48    # the longest worked solution is 42 tokens + the end token
+    sampling.batch_rows = 128
+    sampling.prompt_buckets = [32, 64, 128]
+  e.pass_rate.sampling.num_samples = 8
+  e.eval.sampling.num_samples = 4
+  e.teacher_signal.top_k = 16
+  e.teacher_signal.chunk_size = 128
+  e.teacher_signal.batch_size = 32
+  e.train.steps = 40
+  e.train.batch_size = 32
+  e.train.rows_per_step = 16        # sequences of 25-65 tokens, two or more per 128-token row
+  e.train.seq_len = 128
+  e.train.loss_chunk = 128
+  e.train.lr = 3e-4
+  e.train.weight_decay = 0.0
+  e.train.checkpoint_every = 20
+  e.snr.num_problems = 96
+  e.snr.dim = 2048
+  e.snr.resamples = 300
+  if variant == "smoke":
+    # Minutes, not an hour: tiny barely-trained models, so most pass rates are 0 and the Beta(1,1)
+    # posterior mean keeps PACED weights above 0 (as in configs/tiny.py).
+    c.workdir = "workdir/lab_smoke"
+    c.methods = ("uniform", "paced")
+    c.seeds = (0,)
+    c.retain_pool = 12
+    for spec, steps in ((c.bootstrap.teacher, 12), (c.bootstrap.student, 6)):
+      spec.hidden, spec.intermediate, spec.layers, spec.heads, spec.kv_heads, spec.steps = 32, 64, 1, 2, 1, steps
+    c.bootstrap.batch_size = 16
+    c.bootstrap.log_every = 6
+    e.problems.n_train = 24
+    e.problems.n_heldout = 12
+    e.weights.posterior_mean = True
+    for sampling in (e.pass_rate.sampling, e.reference.sampling, e.train.rollout_sampling, e.eval.sampling):
+      sampling.max_new_tokens = 16
+    e.pass_rate.sampling.num_samples = 4
+    e.eval.sampling.num_samples = 2
+    e.train.steps = 2
+    e.train.batch_size = 8
+    e.train.rows_per_step = 8
+    e.train.checkpoint_every = 2
+    e.snr.num_problems = 8
+    e.snr.resamples = 20
+  elif variant == "full":
+    c.workdir = "workdir/lab_full"
+  elif variant:
+    raise ValueError(f"configs/lab.py: unknown variant {variant!r} (expected '', 'smoke' or 'full')")
+  return c

@@ -1,0 +1,42 @@
+"""The method lab: bootstrap a teacher and student, run every method x track x seed, report.
+
+  python -m paced_jax.tools.lab --config=configs/lab.py            # all stages (resumes)
+  python -m paced_jax.tools.lab --config=configs/lab.py:smoke
+  python -m paced_jax.tools.lab --config=configs/lab.py bootstrap  # models + shared workspace only
+  python -m paced_jax.tools.lab --config=configs/lab.py run        # (+ shared) every run
+  python -m paced_jax.tools.lab --config=configs/lab.py report     # WORKDIR/report/lab.md from what exists
+"""
+
+from __future__ import annotations
+
+from absl import app, logging
+
+from paced_jax import config as config_lib
+from paced_jax.tools import flags
+
+STAGES = ("all", "bootstrap", "run", "report")
+
+
+def main(argv):
+  stage = argv[1] if len(argv) > 1 else "all"
+  if len(argv) > 2 or stage not in STAGES:
+    raise app.UsageError(f"expected at most one stage, one of {', '.join(STAGES)}; got {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  flags.enable_compilation_cache()
+  if flags.CONFIG.value is None:
+    raise SystemExit("--config is required, e.g. --config=configs/lab.py:smoke")
+  from paced_jax import lab_config, lab_report, lab_runner  # after flag parsing: these import jax
+  try:
+    lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
+  except (config_lib.ConfigError, ValueError) as e:
+    raise SystemExit(f"config error: {e}") from None
+  if stage in ("all", "bootstrap", "run"):
+    student, teacher = lab_runner.prepare_shared(lab)
+    if stage != "bootstrap":
+      lab_runner.run_all(lab, student, teacher)
+  if stage in ("all", "report"):
+    print(f"report: {lab_report.build(lab.workdir)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,103 @@
+"""Lab runner: method and track settings, the report's statistics, and a smoke run of the whole lab."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+
+from paced_jax import config as config_lib, lab_config, lab_report, lab_runner
+from stage_fixtures import load_config_file
+
+
+def _lab(tmp_path, variant="smoke", **changes):
+  c = load_config_file("lab.py", variant)
+  c.workdir = str(tmp_path / "lab")
+  for key, value in changes.items():
+    setattr(c, key, value)
+  return config_lib.to_dataclass(lab_config.LabConfig, c)
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("uniform", ("uniform", 1.0, 1.0, "")), ("hard_filter", ("hard_filter", 1.0, 1.0, "")),
+    ("akl", ("uniform", 1.0, 1.0, "akl")), ("paced", ("paced", 1.0, 1.0, "")),
+    ("paced_a2_b2", ("paced", 2.0, 2.0, "")), ("paced_a0.5_b2", ("paced", 0.5, 2.0, ""))])
+def test_method_settings(method, expected):
+  assert lab_config.method_settings(method) == expected
+
+
+def test_unknown_method_or_track_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="paced_x"):
+    _lab(tmp_path, methods=("paced_x",))
+  with pytest.raises(ValueError, match="tracks"):
+    _lab(tmp_path, tracks=("rl",))
+
+
+def test_run_configs_differ_only_where_they_should(tmp_path):
+  lab = _lab(tmp_path, "")
+  d = lab_runner.run_config(lab, "distill", "paced_a2_b2", 1)
+  s = lab_runner.run_config(lab, "self_distill", "akl", 2)
+  t = lab_runner.run_config(lab, "two_stage", "hard_filter", 0)
+  assert (d.track, d.train.loss, d.prompts.teacher_context) == ("distill", "forward_kl", "none")
+  assert d.teacher.endswith("models/teacher") and (d.weights.scheme, d.weights.alpha, d.weights.beta) == ("paced", 2, 2)
+  assert (s.track, s.teacher, s.train.loss, s.prompts.teacher_context) == ("self_distill", "", "akl", "solution")
+  assert (t.track, t.weights.scheme, t.train.loss) == ("two_stage", "hard_filter", "forward_kl")
+  assert (d.train.seed, s.train.seed, s.train.rollout_sampling.seed) == (1, 2, 2)
+  # Equal budgets: every run has the same steps, batch, learning rate and evaluation.
+  for field in ("steps", "batch_size", "lr", "seq_len"):
+    assert getattr(d.train, field) == getattr(s.train, field) == getattr(t.train, field)
+  assert d.eval == s.eval == t.eval and d.problems == s.problems == t.problems
+  assert len({d.workdir, s.workdir, t.workdir}) == 3
+
+
+def test_mean_se_and_level_accuracy(tmp_path):
+  values = [0.2, 0.4, 0.9]
+  mean, se, n = lab_report.mean_se(values)
+  m = sum(values) / 3
+  assert n == 3 and math.isclose(mean, m)
+  assert math.isclose(se, math.sqrt(sum((v - m) ** 2 for v in values) / 2) / math.sqrt(3))
+  assert lab_report.mean_se([0.5]) == (0.5, None, 1) and lab_report.mean_se([]) == (None, None, 0)
+  d = tmp_path / "eval" / "final"
+  d.mkdir(parents=True)
+  rows = [("a", 1, 4), ("b", 1, 2), ("c", 2, 0), ("d", 2, 1)]
+  with open(d / "heldout.responses.jsonl", "w") as f:
+    for pid, _, correct in rows:
+      f.write(json.dumps({"id": pid, "correct": correct, "k": 4}) + "\n")
+  acc = lab_report.level_accuracy(str(tmp_path), "final", {pid: lv for pid, lv, _ in rows})
+  assert acc == {"1": 0.75, "2": 0.125, "all": 0.4375}
+
+
+@pytest.mark.slow
+def test_smoke_lab_end_to_end(tmp_path, capsys):
+  """One seed, two methods, two steps on every track; the report has a table per track."""
+  lab = _lab(tmp_path)
+  student, teacher = lab_runner.prepare_shared(lab)
+  records = lab_runner.run_all(lab, student, teacher)
+  assert len(records) == len(lab.tracks) * len(lab.methods) * len(lab.seeds) == 6
+  run = lab_runner.run_dir(lab, "distill", "paced", 0)
+  assert os.path.islink(os.path.join(run, "pass_rates")) and os.path.exists(os.path.join(run, "eval", "final"))
+  assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == lab.experiment.train.steps
+  assert lab_runner.run_all(lab, student, teacher) == records  # finished runs are read back, not redone
+  path = lab_report.build(lab.workdir)
+  text = open(path).read()
+  sections = re.split(r"^## ", text, flags=re.M)
+  tables = {s.split("\n")[0]: [l for l in s.split("\n") if l.startswith("|")] for s in sections[1:]}
+  for track, title in lab_report.TRACK_TITLES.items():
+    rows = tables[title]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header == ["method", "L1", "L2", "L3", "L4", "L5", "L6", "all levels", "solved-set drop (points)", "seeds"]
+    labels = [r.strip("|").split("|")[0].strip() for r in rows[2:]]
+    base = ["base (initial student)"] + ([] if track == "self_distill" else ["teacher"])
+    assert labels == base + ["uniform", "PACED (1,1)"]
+    assert all(len(r.strip("|").split("|")) == len(header) for r in rows)
+    assert all(r.strip("|").split("|")[-1].strip() == "1" for r in rows[2 + len(base):])
+  results = json.load(open(os.path.join(lab.workdir, "report", "results.json")))
+  assert len(results["runs"]) == 6 and all(r["levels"] and "all" in r["levels"] for r in results["runs"])
+  for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+    assert os.path.exists(os.path.join(os.path.dirname(path), image))
+  assert "snr_distill.png" in text and "snr_self_distill.png" in text
+  assert np.isfinite(results["base"]["initial"]["levels"]["all"])
