@@ -33,7 +33,7 @@ class TeacherItem(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
   k: int = 64
-  logprob_dtype: str = "bfloat16"  # or "float16": more mantissa, less range (-65504 is its floor)
+  logprob_dtype: str = "float16"  # or "bfloat16": float16 has 3 more mantissa bits; its range (-65504) is ample for log-probs
   temperature: float = 1.0
   problems_per_shard: int = 256
   batch_rows: int = 8  # rows per scoring batch; a multiple of the mesh's data * fsdp

@@ -66,7 +66,7 @@ def test_layout_and_random_access(store_dir):
     rec = store.get(pid, response_ids=response)
     n = len(response)
     assert rec["ids"].shape == (n, 8) and rec["ids"].dtype == np.int32
-    assert rec["logprobs"].dtype == teacher_store.LOGPROB_DTYPES["bfloat16"] and rec["logprobs"].shape == (n, 8)
+    assert rec["logprobs"].dtype == teacher_store.LOGPROB_DTYPES["float16"] and rec["logprobs"].shape == (n, 8)
     assert rec["tail"].shape == rec["target_logprob"].shape == (n,)
   counts = store.verify()
   assert counts == {"problems": 7, "tokens": sum(len(r) for _, _, r in data), "shards": 3}
@@ -239,7 +239,7 @@ def test_tool_build_and_verify(tmp_path):
   assert store.manifest["teacher_vocab_rows"] == 128
   verified = subprocess.run(base + ["verify", f"--dir={out}"], cwd=REPO, capture_output=True, text=True, env=env)
   assert verified.returncode == 0, verified.stderr
-  assert "ok; k 4, vocab_size 96, logprob_dtype bfloat16, problems 2, tokens 5, shards 1" in verified.stdout
+  assert "ok; k 4, vocab_size 96, logprob_dtype float16, problems 2, tokens 5, shards 1" in verified.stdout
 
 
 def test_read_items_errors(tmp_path):

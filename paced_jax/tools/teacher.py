@@ -17,7 +17,7 @@ _DIR = flags.DEFINE_string("dir", None, "Teacher store directory (usually WORKDI
 _TEACHER = flags.DEFINE_string("teacher", None, "build: the teacher's Hugging Face directory.")
 _RESPONSES = flags.DEFINE_string("responses", None, "build: the JSONL response file to score.")
 _K = flags.DEFINE_integer("k", 64, "build: top-k ids stored per token.")
-_LOGPROB_DTYPE = flags.DEFINE_enum("logprob_dtype", "bfloat16", ["bfloat16", "float16"],
+_LOGPROB_DTYPE = flags.DEFINE_enum("logprob_dtype", "float16", ["float16", "bfloat16"],
                                    "build: stored log-prob dtype.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "build: the teacher's softmax temperature.")
 _PROBLEMS_PER_SHARD = flags.DEFINE_integer("problems_per_shard", 256, "build: problems per shard file.")
