@@ -123,6 +123,44 @@ def track_table(data: dict, track: str) -> list[str]:
   return lines
 
 
+def overview_table(data: dict, tracks: Sequence[str]) -> list[str]:
+  """All-level accuracy per method (rows) and track (columns), with the paired per-seed
+  difference to uniform weighting (same seed, same evaluation samples), in points."""
+  header = ["method"] + [f"{t}: all levels" for t in tracks] + [f"{t}: vs uniform" for t in tracks]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  run = {(r["track"], r["method"], r["seed"]): r for r in data["runs"] if r["levels"]}
+  for method in data["config"].get("methods", []):
+    cells, deltas = [], []
+    for t in tracks:
+      mine = [r for (tr, m, _), r in run.items() if tr == t and m == method]
+      cells.append(_cell(mean_se([r["levels"]["all"] for r in mine]), show_n=True))
+      pairs = [r["levels"]["all"] - run[(t, "uniform", r["seed"])]["levels"]["all"] for r in mine
+               if (t, "uniform", r["seed"]) in run]
+      deltas.append(MISSING if method == "uniform" else _cell(mean_se(pairs)))
+    lines.append(f"| {lab_config.method_label(method)} | " + " | ".join(cells + deltas) + " |")
+  return lines
+
+
+def bootstrap_lines(workdir: str) -> list[str]:
+  rows = []
+  for role in ("teacher", "student"):
+    manifest = _read(os.path.join(workdir, "models", role, artifacts.MANIFEST))
+    if not manifest:
+      continue
+    spec = manifest.get("spec", {})
+    log = os.path.join(workdir, "models", f"{role}.train.jsonl")
+    last = artifacts.read_jsonl_lines(log)[-1] if os.path.exists(log) else {}
+    rows.append(f"| {role} | {spec.get('family')} | {spec.get('layers')} | {spec.get('hidden')} | "
+                f"{spec.get('steps')} | {last.get('loss', float('nan')):.4f} | {manifest.get('seconds', 0):.0f} |")
+  if not rows:
+    return []
+  b = (_read(os.path.join(workdir, "models", "teacher", artifacts.MANIFEST)) or {}).get("bootstrap", {})
+  return ["## Bootstrap", "", f"Trained from scratch with the PACED train step on one-hot targets (k = 1), "
+          f"{b.get('batch_size')} worked solutions per step, lr {b.get('lr')} (cosine), "
+          f"{b.get('hint_fraction')} of them with the self-distillation context.", "",
+          "| model | family | layers | d | steps | final loss | seconds |", "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 TRACK_TITLES = {"distill": "Distillation (teacher -> student, forward KL on teacher references)",
                 "self_distill": "Self-distillation (on-policy, reverse KL, frozen initial student with privileged context)",
                 "two_stage": "Two-stage (forward KL on teacher references, then reverse KL on-policy)"}
@@ -199,6 +237,9 @@ def build(workdir: str) -> str:
             f"{e.get('problems', {}).get('n_train')} training and {e.get('problems', {}).get('n_heldout')} held-out "
             f"problems; pass rates from K = {e.get('pass_rate', {}).get('sampling', {}).get('num_samples')} rollouts; "
             f"evaluation mean@{e.get('eval', {}).get('sampling', {}).get('num_samples')}; seeds {cfg.get('seeds')}.", ""]
+  if tracks:
+    lines += ["## Overview", "", "Held-out accuracy over all levels (mean ± SE over seeds, n = seeds) and the "
+              "paired per-seed difference to uniform weighting, in points:", ""] + overview_table(data, tracks) + [""]
   for track in tracks:
     lines += [f"## {TRACK_TITLES[track]}", ""] + track_table(data, track) + [""]
   images = []
@@ -207,6 +248,7 @@ def build(workdir: str) -> str:
     _plot_loss(data, tracks, os.path.join(out, "training_kl.png"))
     images += ["accuracy_by_level.png", "training_kl.png"]
     lines += ["![accuracy by level](accuracy_by_level.png)", "", "![training KL](training_kl.png)", ""]
+  lines += bootstrap_lines(workdir)
   shared = os.path.join(workdir, "shared")
   if os.path.exists(os.path.join(shared, "pass_rates", "0000", artifacts.MANIFEST)):
     hist = lab_runner.level_histogram(shared)

@@ -195,11 +195,14 @@ def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher
   """Train and evaluate one (track, method, seed); a finished run is read back, not redone."""
   cfg = run_config(lab, track, method, seed)
   record_path = os.path.join(cfg.workdir, RUN_RECORD)
+  config_path = os.path.join(cfg.workdir, "config.json")
+  if os.path.exists(config_path):  # a finished or killed run of other settings is never mixed in
+    artifacts.expect_fields(config_path, artifacts.read_json(config_path), to_json(cfg))
   if os.path.exists(record_path):
     return artifacts.read_json(record_path)
   tic = time.time()
   _link_shared(lab, cfg.workdir)
-  artifacts.write_json(os.path.join(cfg.workdir, "config.json"), to_json(cfg))
+  artifacts.write_json(config_path, to_json(cfg))
   frozen = student if track == "self_distill" else teacher
   trainer.train(cfg, student, frozen, progress=False)
   step, params = trainer.restore_params(cfg, student)

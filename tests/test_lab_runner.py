@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from paced_jax import config as config_lib, lab_config, lab_report, lab_runner
+from paced_jax import artifacts, config as config_lib, lab_config, lab_report, lab_runner
 from stage_fixtures import load_config_file
 
 
@@ -82,6 +83,10 @@ def test_smoke_lab_end_to_end(tmp_path, capsys):
   assert os.path.islink(os.path.join(run, "pass_rates")) and os.path.exists(os.path.join(run, "eval", "final"))
   assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == lab.experiment.train.steps
   assert lab_runner.run_all(lab, student, teacher) == records  # finished runs are read back, not redone
+  other = dataclasses.replace(lab, experiment=dataclasses.replace(
+      lab.experiment, train=dataclasses.replace(lab.experiment.train, lr=1e-2)))
+  with pytest.raises(artifacts.ArtifactError, match="train"):  # nor mixed with runs of other settings
+    lab_runner.run_one(other, "distill", "paced", 0, student, teacher)
   path = lab_report.build(lab.workdir)
   text = open(path).read()
   sections = re.split(r"^## ", text, flags=re.M)
