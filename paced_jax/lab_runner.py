@@ -191,13 +191,18 @@ def _link_shared(lab: LabConfig, workdir: str) -> None:
       os.symlink(os.path.relpath(target, workdir), link)
 
 
+def _outcome_settings(cfg: ExperimentConfig) -> dict:
+  """The settings a run's result depends on: all but the (shared) diagnostic's."""
+  return {k: v for k, v in to_json(cfg).items() if k not in ("snr", "run_snr")}
+
+
 def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher) -> dict:
   """Train and evaluate one (track, method, seed); a finished run is read back, not redone."""
   cfg = run_config(lab, track, method, seed)
   record_path = os.path.join(cfg.workdir, RUN_RECORD)
   config_path = os.path.join(cfg.workdir, "config.json")
   if os.path.exists(config_path):  # a finished or killed run of other settings is never mixed in
-    artifacts.expect_fields(config_path, artifacts.read_json(config_path), to_json(cfg))
+    artifacts.expect_fields(config_path, artifacts.read_json(config_path), _outcome_settings(cfg))
   if os.path.exists(record_path):
     return artifacts.read_json(record_path)
   tic = time.time()
