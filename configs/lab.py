@@ -4,9 +4,9 @@
   python -m paced_jax.tools.lab --config=configs/lab.py:smoke           # a few minutes: 1 seed, 2 methods
   python -m paced_jax.tools.lab --config=configs/lab.py report          # rebuild the report only
 Any field can be overridden: --config.seeds='(0,1,2,3,4)' --config.experiment.train.steps=80.
+The bootstrap (teacher + student, cached in WORKDIR/models) comes first and takes longer on CPU
+than the table itself; docs/lab/README.md says how the committed run got its models.
 """
-
-import ml_collections
 
 from paced_jax import config as config_lib, lab_config
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import math
 import os
 from typing import Sequence
@@ -213,9 +212,9 @@ def _plot_loss(data: dict, tracks: Sequence[str], path: str) -> None:
         metrics = os.path.join(r["workdir"], "metrics", "train.jsonl")
         if os.path.exists(metrics):
           m = artifacts.read_jsonl_lines(metrics)
-          ax.plot([x["step"] for x in m], [x["fkl"] if x["divergence"] == "fkl" else x["rkl"] for x in m],
+          ax.plot([x["step"] for x in m], [x["rkl"] if x["divergence"] == "rkl" else x["fkl"] for x in m],
                   color=f"C{j}", lw=0.8, alpha=0.7, label=lab_config.method_label(method) if r["seed"] == 0 else None)
-    ax.set(xlabel="step", ylabel="KL / token of the step's divergence", title=track, yscale="log")
+    ax.set(xlabel="step", ylabel="reverse KL / token on RKL steps, else forward", title=track, yscale="log")
     ax.legend(fontsize=7)
   fig.tight_layout()
   with artifacts.atomic_open(path, "wb") as f:

@@ -63,7 +63,7 @@ def test_levels_as_specified(pool):
     assert all(x < 10 ** spec.term_digits and (spec.term_digits == 1 or x >= 10 ** (spec.term_digits - 1))
                for x in rest)
     assert len(p.solution.split("\n")) == spec.steps() + 1
-    assert p.id.startswith(f"lab_arithmetic/") and f"/{p.level}/" in p.id and p.source == "lab_arithmetic"
+    assert p.id.startswith("lab_arithmetic/") and f"/{p.level}/" in p.id and p.source == "lab_arithmetic"
   # Round robin: equal shares per level.
   train = pool[:600]
   assert all(sum(p.level == lv for p in train) == 100 for lv in L.LEVELS)
