@@ -91,9 +91,9 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
     def reset(self):
       self.prefill_rows, self.chunks = 0, []
 
-    def _prefill(self, cfg, params, state, rows_R, tokens_RP, lens_R, keys_R):
-      self.prefill_rows += tokens_RP.shape[0]
-      return super()._prefill(cfg, params, state, rows_R, tokens_RP, lens_R, keys_R)
+    def _prefill(self, cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R):
+      self.prefill_rows += rows_R.shape[0]  # each refilled row samples its first token here
+      return super()._prefill(cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R)
 
     def _decode_chunk(self, cfg, params, state):
       # A chunk runs while any row is active and rows never turn active inside it, so its step
