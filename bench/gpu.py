@@ -35,6 +35,8 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.train_step_worker import timed_calls as timed  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "gpu", ["gpu", "tiny"], "gpu: real shapes; tiny: a small model, for a CPU smoke run")
 flags.DEFINE_list("models", ["smollm2_135m", "qwen3_1p7b"], "model shapes (gpu preset)")
@@ -52,35 +54,16 @@ flags.DEFINE_integer("prompt_len", 128, "sample: prompt tokens")
 flags.DEFINE_integer("new_tokens", 256, "sample: new tokens per sequence")
 flags.DEFINE_string("json_out", "", "also write the results here")
 
-# Hugging Face configs of the shapes measured (values from the models' config.json files).
-SHAPES = {
-    "smollm2_135m": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                         tie_word_embeddings=True, rope_theta=1e5, rms_norm_eps=1e-5,
-                                         max_position_embeddings=8192)),
-    "qwen3_1p7b": ("Qwen3Config", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-                                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                                       head_dim=128, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
-                                       max_position_embeddings=40960)),
-    "tiny": ("LlamaConfig", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                 max_position_embeddings=1024)),
-}
+# The real shapes come from paced_jax.known_architectures (the presets' table); "tiny" is a CPU smoke run.
+MODELS = {"smollm2_135m": "SmolLM2-135M", "qwen3_1p7b": "Qwen3-1.7B"}
+TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=1024)
 
 
 def sync_torch():
   import torch
   if torch.cuda.is_available():
     torch.cuda.synchronize()
-
-
-def timed(call, n: int) -> list[float]:
-  out = []
-  for _ in range(n):
-    start = time.perf_counter()
-    call()
-    out.append(time.perf_counter() - start)
-  return out
 
 
 def bf16_peak() -> dict:
@@ -104,8 +87,10 @@ def bf16_peak() -> dict:
 def make_model(name: str, directory: str) -> str:
   import torch
   import transformers
-  cls, kwargs = SHAPES[name]
-  config = getattr(transformers, cls)(bos_token_id=1, eos_token_id=2, **kwargs)
+  from paced_jax.known_architectures import KNOWN_ARCHITECTURES
+  fields = TINY if name == "tiny" else KNOWN_ARCHITECTURES[MODELS[name]]
+  hf = {k: v for k, v in fields.items() if k not in ("tokenizer_vocab", "published_params")}
+  config = transformers.AutoConfig.for_model(**hf)
   torch.manual_seed(0)
   with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
