@@ -49,7 +49,7 @@ def setup_paced(model_dir: str, tokens_BT: np.ndarray, compute_dtype: str, param
     model = nnx.merge(graphdef, params)
     B, T = tokens_BT.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    hidden_BTD, _ = model(tokens_BT, positions_BT, jnp.ones((B, T), jnp.int32))
+    hidden_BTD = model(tokens_BT, positions_BT, jnp.ones((B, T), jnp.int32))
     return model.logits(hidden_BTD)
 
   tokens = jnp.asarray(tokens_BT)

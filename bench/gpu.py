@@ -197,7 +197,7 @@ def sample_paced_jax(model_dir: str) -> dict:
   from paced_jax import hf_checkpoint, mesh as mesh_lib, sampler as sampler_lib
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   cfg, graphdef, params = hf_checkpoint.load_model(model_dir, mesh, compute_dtype="bfloat16", param_dtype="bfloat16")
-  sampler = sampler_lib.Sampler(cfg, graphdef, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)
+  sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)
   rows = FLAGS.prompts * FLAGS.samples
   sc = sampler_lib.SamplingConfig(temperature=1.0, max_new_tokens=FLAGS.new_tokens, num_samples=FLAGS.samples,
                                   batch_rows=rows, chunk_steps=FLAGS.new_tokens, prompt_buckets=(FLAGS.prompt_len,))

@@ -92,7 +92,8 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
       self.prefill_rows, self.chunks = 0, []
 
     def _prefill(self, cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R):
-      self.prefill_rows += rows_R.shape[0]  # each refilled row samples its first token here
+      # Each refilled row samples its first token here (padding rows, index B, are dropped).
+      self.prefill_rows += int(np.sum(np.asarray(rows_R) < state.last_token_B.shape[0]))
       return super()._prefill(cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R)
 
     def _decode_chunk(self, cfg, params, state):
@@ -108,7 +109,7 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
 
   # Batch 1 decodes a fixed N tokens: no stop ids.
   stops = stop_ids if workload == "group" else ()
-  sampler = CountingSampler(cfg, graphdef, params, mesh, stop_ids=stops, valid_vocab=valid_vocab, pad_id=pad_id)
+  sampler = CountingSampler(cfg, params, mesh, stop_ids=stops, valid_vocab=valid_vocab, pad_id=pad_id)
   N = FLAGS.max_new_tokens
   if workload == "group":
     grid = [(int(r), int(c)) for r in FLAGS.batch_rows for c in FLAGS.chunk_steps]
@@ -129,7 +130,7 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
           for r, c in grid]
 
 
-def replay_schedule(lengths, batch_rows: int, chunk_steps: int, max_new_tokens: int) -> dict:
+def replay_schedule(lengths, batch_rows: int, chunk_steps: int, max_new_tokens: int, num_samples: int) -> dict:
   """Slots and steps Sampler.generate spends on sequences of these lengths (stop token included).
 
   Lengths do not depend on rows, chunking or refill order (each token's key is fold_in(seed,
@@ -144,9 +145,9 @@ def replay_schedule(lengths, batch_rows: int, chunk_steps: int, max_new_tokens: 
     free = [r for r in range(rows) if owner[r] is None]
     if queue and free:
       take = min(len(free), len(queue))
-      R = 1 << (take - 1).bit_length()
-      slots, refills = slots + R, refills + 1
-      sizes.add(R)
+      unique = len({queue[-1 - j] // num_samples for j in range(take)})
+      slots, refills = slots + take, refills + 1
+      sizes.add(1 << (unique - 1).bit_length())  # the prefill's compiled prompt count U
       for r in free[:take]:
         owner[r] = queue.pop()
         gen[r], active[r] = 1, lengths[owner[r]] > 1 and max_new_tokens > 1
@@ -302,10 +303,10 @@ def report(results) -> None:
     rows = []
     for b in grid:
       for c in sorted({8, 16, 32, 64} | {int(c) for c in FLAGS.chunk_steps}):
-        s = replay_schedule(paced["lengths"], b, c, FLAGS.max_new_tokens)
+        s = replay_schedule(paced["lengths"], b, c, FLAGS.max_new_tokens, FLAGS.num_samples)
         rows.append((b, c, s["decode_steps"], s["slots"], f"{useful / s['slots']:.2f}", s["refills"],
                      " ".join(map(str, s["prefill_sizes"]))))
-    print(common.table(["rows", "chunk", "decode steps", "slots", "useful/slot", "refills", "prefill sizes R"], rows))
+    print(common.table(["rows", "chunk", "decode steps", "slots", "useful/slot", "refills", "prefill sizes U"], rows))
 
 
 def main(argv):

@@ -33,7 +33,7 @@ class LoadedModel:
     return min(self.cfg.vocab_size, tokenization.valid_vocab_size(self.tokenizer))
 
   def sampler(self, params: nnx.State | None = None) -> Sampler:
-    return Sampler(self.cfg, self.graphdef, self.params if params is None else params, self.mesh,
+    return Sampler(self.cfg, self.params if params is None else params, self.mesh,
                    stop_ids=tokenization.stop_ids(self.tokenizer, self.cfg.eos_token_ids),
                    valid_vocab=self.valid_vocab, pad_id=tokenization.pad_id(self.tokenizer))
 

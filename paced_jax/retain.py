@@ -63,7 +63,7 @@ def target_logprobs(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, w
                     valid_vocab: int):
   """log p(targets_BN[b, n] | row b up to position where_BN[b, n]): one forward, logits only there."""
   model = nnx.merge(graphdef, params)
-  hidden_BTD, _ = model(tokens_BT, positions_BT, segment_ids_BT)
+  hidden_BTD = model(tokens_BT, positions_BT, segment_ids_BT)
   hidden_BND = jnp.take_along_axis(hidden_BTD, where_BN[..., None], axis=1)
   logits_BNV = model.logits(hidden_BND)
   V = logits_BNV.shape[-1]

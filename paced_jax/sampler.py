@@ -27,7 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from paced_jax import mesh as mesh_lib
-from paced_jax.model import KVCache
+from paced_jax import decoding
+from paced_jax.decoding import KVCache
 from paced_jax.model_config import ModelConfig
 
 
@@ -176,13 +177,12 @@ def sample_tokens(logits_BV, seq_key_B, step_B, cfg: SamplingConfig, valid_vocab
 class Sampler:
   """Generates from one model on one mesh; compiled functions are cached per shape."""
 
-  def __init__(self, model_cfg: ModelConfig, graphdef, params, mesh: Mesh, *, stop_ids: Sequence[int],
+  def __init__(self, model_cfg: ModelConfig, params, mesh: Mesh, *, stop_ids: Sequence[int],
                valid_vocab: int, pad_id: int = 0):
+    """`params`: the decoder's weights (nnx.State or its pure dict). The sampler decodes from its
+    own copy of them in the decoding layout (decoding.py), so it holds a second copy of the model."""
     self.model_cfg = model_cfg
-    self.graphdef = graphdef
-    # One pytree structure for loaded (nnx.State) and trained (pure dict) weights: the same
-    # compiled prefill / decode then serve both.
-    self.params = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    self.params = decoding.decoding_params(nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params)
     self.mesh = mesh
     self.stop_ids = tuple(int(i) for i in stop_ids)
     self.valid_vocab = int(valid_vocab)
@@ -192,7 +192,7 @@ class Sampler:
   # The jitted methods take `self` as a static argument: samplers with equal static settings
   # (new params for the same model, say) share compiled code instead of recompiling.
   def _static_key(self):
-    return (self.graphdef, self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)
+    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)
 
   def __hash__(self):
     return hash(self._static_key())
@@ -201,10 +201,8 @@ class Sampler:
     return isinstance(other, Sampler) and self._static_key() == other._static_key()
 
   def _state_shardings(self, state: DecodeState):
-    rows = mesh_lib.BATCH_AXES
-    kv = NamedSharding(self.mesh, P(None, rows, None, None, None))
-    return jax.tree.map(
-        lambda x: kv if x.ndim == 5 else NamedSharding(self.mesh, P(rows, *([None] * (x.ndim - 1)))), state)
+    # Every leaf, cache included, has the rows as its leading axis.
+    return jax.tree.map(lambda x: NamedSharding(self.mesh, P(mesh_lib.BATCH_AXES, *([None] * (x.ndim - 1)))), state)
 
   def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig) -> DecodeState:
     zeros = lambda: np.zeros((rows,), np.int32)  # distinct buffers: the state is donated
@@ -216,20 +214,20 @@ class Sampler:
   def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
     """Prefill U distinct prompts once, copy each into the rows `rows_R` (index B = skip) that
     sample from it (`source_R`), and sample every row's first token."""
-    model = nnx.merge(self.graphdef, params)
     U, Pb = tokens_UP.shape
     R = rows_R.shape[0]
     S = state.cache.segment_ids_BS.shape[1]
     segments_UP = (jnp.arange(Pb)[None] >= (Pb - lens_U)[:, None]).astype(jnp.int32)
     positions_UP = jnp.maximum(jnp.cumsum(segments_UP, axis=1) - 1, 0)
-    fresh = KVCache.zeros(self.model_cfg, U, S)
-    hidden_UPD, fresh = model(tokens_UP, positions_UP, segments_UP, fresh, jnp.zeros((U,), jnp.int32))
-    logits_RV = model.logits(hidden_UPD[:, -1:])[:, 0][source_R]
+    hidden_UPD, keys, values = decoding.prefill(self.model_cfg, params, tokens_UP, positions_UP, segments_UP)
+    logits_RV = decoding.logits(params, hidden_UPD[:, -1:])[:, 0][source_R]
     first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, self.valid_vocab)
-    put = lambda big, new, axis=0: big.at[(slice(None),) * axis + (rows_R,)].set(new, mode="drop")
-    cache = KVCache(put(state.cache.k_LBKSDh, fresh.k_LBKSDh[:, source_R], 1),
-                    put(state.cache.v_LBKSDh, fresh.v_LBKSDh[:, source_R], 1),
-                    put(state.cache.segment_ids_BS, fresh.segment_ids_BS[source_R]))
+    put = lambda big, new: big.at[rows_R].set(new, mode="drop")
+    # The prompt fills slots 0..Pb-1; whatever a row's earlier sequence left in later slots is
+    # masked (segment 0) until decoding overwrites it.
+    put_prompt = lambda big_BKSDh, new_UKPDh: big_BKSDh.at[rows_R, :, :Pb].set(new_UKPDh[source_R], mode="drop")
+    cache = KVCache(tuple(map(put_prompt, state.cache.k_BKSDh, keys)), tuple(map(put_prompt, state.cache.v_BKSDh, values)),
+                    put(state.cache.segment_ids_BS, jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))))
     lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
     out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
@@ -241,15 +239,15 @@ class Sampler:
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
   def _decode_chunk(self, cfg: SamplingConfig, params, state: DecodeState) -> DecodeState:
     """Up to `chunk_steps` decode steps; stops early when no row is active."""
-    model = nnx.merge(self.graphdef, params)
     stop = jnp.asarray(self.stop_ids, jnp.int32)
     B = state.last_token_B.shape[0]
 
     def step(carry):
       i, s = carry
-      hidden_B1D, cache = model(s.last_token_B[:, None], s.next_pos_B[:, None],
-                                s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
-      token_B = sample_tokens(model.logits(hidden_B1D)[:, 0], s.seq_key_B, s.gen_len_B, cfg, self.valid_vocab)
+      hidden_B1D, cache = decoding.extend(self.model_cfg, params, s.last_token_B[:, None], s.next_pos_B[:, None],
+                                          s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
+      token_B = sample_tokens(decoding.logits(params, hidden_B1D)[:, 0], s.seq_key_B, s.gen_len_B, cfg,
+                              self.valid_vocab)
       write_B = s.active_B
       out_BN = s.out_BN.at[jnp.arange(B), jnp.where(write_B, s.gen_len_B, cfg.max_new_tokens)].set(
           token_B, mode="drop")
@@ -307,11 +305,12 @@ class Sampler:
 
   def _refill(self, cfg, state, free, queue, owner, prompts, keys):
     """Prefill waiting prompts into free rows. Samples of one prompt share a single prefill;
-    row and prompt counts are padded to powers of two so compiles are reused."""
+    the prompt count is padded to a power of two and the row count to all rows, so one compile
+    serves every refill with the same number of distinct prompts (the rows only cost a copy)."""
     take = [(free[j], queue.popleft()) for j in range(min(len(free), len(queue)))]
     pad = lambda n: -(-(1 << (n - 1).bit_length()) // self.row_multiple) * self.row_multiple
     unique = list(dict.fromkeys(i for _, (i, _) in take))
-    U, R = pad(len(unique)), pad(len(take))
+    U, R = pad(len(unique)), len(owner)
     Pb = self._bucket(max(len(prompts[i]) for i in unique), cfg)
     tokens = np.full((U, Pb), self.pad_id, np.int32)
     lens = np.ones(U, np.int32)

@@ -72,7 +72,7 @@ def score(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, targets_BT,
   V = model.cfg.vocab_size
   if not 0 < k <= valid_vocab <= V:
     raise ValueError(f"need 0 < k <= valid_vocab <= vocabulary rows, got k={k}, valid_vocab={valid_vocab}, rows={V}")
-  hidden_BTD, _ = model(tokens_BT, positions_BT, segment_ids_BT)
+  hidden_BTD = model(tokens_BT, positions_BT, segment_ids_BT)
   lm_head_DV = model.lm_head_DV()
   B, T, _ = hidden_BTD.shape
   C = min(chunk_size, T)

@@ -87,7 +87,7 @@ def init_state(params, cfg: StepConfig, seed: int = 0) -> TrainState:
 def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):
   """Weighted distillation loss of one (micro-)batch, and the sums its metrics are made of."""
   model = nnx.merge(cfg.graphdef, params)
-  hidden_BTD, _ = model(batch.tokens, batch.positions, batch.segment_ids)
+  hidden_BTD = model(batch.tokens, batch.positions, batch.segment_ids)
   hidden_BTD = jax.lax.with_sharding_constraint(hidden_BTD, P(mesh_lib.BATCH_AXES, None, None))
   teacher = losses.TeacherSignal(batch.teacher_ids, batch.teacher_logprobs, batch.teacher_tail)
   log_q_BTN = losses.chunked_student_bucket_logprobs(

@@ -32,7 +32,7 @@ def test_one_hot_step_loss_is_cross_entropy():
     loss, _ = jax.jit(lambda p, b: ts.loss_and_metrics(p, b, None, scfg))(params, batch)
   # Brute force: full softmax over the real tokens, -log p(next token), mean over response tokens.
   model = nnx.merge(graphdef, params)
-  hidden, _ = model(jnp.asarray(batch.tokens), jnp.asarray(batch.positions), jnp.asarray(batch.segment_ids))
+  hidden = model(jnp.asarray(batch.tokens), jnp.asarray(batch.positions), jnp.asarray(batch.segment_ids))
   logits = np.asarray(model.logits(hidden), np.float64)[..., :len(tok)]
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
   total, count = 0.0, 0

@@ -31,7 +31,7 @@ def hf_logits(hf, tokens, attention_mask=None, position_ids=None):
 
 
 def our_logits(model, tokens, positions, segments):
-  hidden, _ = model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
+  hidden = model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
   return np.asarray(model.logits(hidden))
 
 
@@ -79,7 +79,7 @@ def test_gradients_match_transformers(tiny):
   def loss(p):
     m = nnx.merge(graphdef, p)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    hidden, _ = m(jnp.asarray(tokens), positions, jnp.ones(tokens.shape, jnp.int32))
+    hidden = m(jnp.asarray(tokens), positions, jnp.ones(tokens.shape, jnp.int32))
     return jnp.sum(jax.nn.log_softmax(m.logits(hidden)) * weights_BTV)
 
   grads = traverse_util.flatten_dict(jax.grad(loss)(nnx.to_pure_dict(params)), sep=".")
@@ -131,7 +131,7 @@ def test_sharded_forward_equals_single_device(tmp_path):
     @jax.jit
     def forward(params, tokens, pos, seg):
       model = nnx.merge(graphdef, params)
-      hidden, _ = model(tokens, pos, seg)
+      hidden = model(tokens, pos, seg)
       return model.logits(hidden)
 
     batch = mesh_lib.batch_sharding(mesh)

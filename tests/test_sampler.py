@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 def _sampler(directory, mesh_cfg, devices):
   mesh = mesh_lib.make_mesh(mesh_cfg, devices)
   cfg, graphdef, params = hf_checkpoint.load_model(directory, mesh)
-  return sampler_lib.Sampler(cfg, graphdef, params, mesh, stop_ids=[EOS], valid_vocab=96), (cfg, graphdef, params)
+  return sampler_lib.Sampler(cfg, params, mesh, stop_ids=[EOS], valid_vocab=96), (cfg, graphdef, params)
 
 
 def _prompts(n, seed=0):
@@ -60,7 +60,7 @@ def test_greedy_matches_transformers_and_full_forward(tiny):
   for prompt, mine in zip(prompts[:3], ours):
     seq = list(prompt)
     for _ in mine:
-      hidden, _ = model(jnp.asarray([seq]), jnp.arange(len(seq))[None], jnp.ones((1, len(seq)), jnp.int32))
+      hidden = model(jnp.asarray([seq]), jnp.arange(len(seq))[None], jnp.ones((1, len(seq)), jnp.int32))
       seq.append(int(jnp.argmax(model.logits(hidden)[0, -1])))
       if seq[-1] == EOS:
         break

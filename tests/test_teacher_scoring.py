@@ -32,7 +32,7 @@ def teachers(tmp_path_factory):
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(graphdef, params, tokens_BT, segment_ids_BT):
   model = nnx.merge(graphdef, params)
-  hidden, _ = model(tokens_BT, jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape), segment_ids_BT)
+  hidden = model(tokens_BT, jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape), segment_ids_BT)
   return model.logits(hidden)
 
 

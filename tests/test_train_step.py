@@ -57,7 +57,7 @@ def test_loss_matches_dense_reference(tiny_dir):
   _, metrics = step(state, _put(batch, mesh))
   # Brute force: dense logits, softmax folded onto the teacher's K ids + tail, forward KL.
   model = nnx.merge(step_cfg.graphdef, params0)
-  hidden, _ = model(jnp.asarray(batch.tokens), jnp.asarray(batch.positions), jnp.asarray(batch.segment_ids))
+  hidden = model(jnp.asarray(batch.tokens), jnp.asarray(batch.positions), jnp.asarray(batch.segment_ids))
   logq = np.asarray(jax.nn.log_softmax(np.asarray(model.logits(hidden), np.float64)[..., :98], axis=-1))
   total, seqs = 0.0, 0
   for r in range(6):
