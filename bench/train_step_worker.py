@@ -181,7 +181,7 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
       return ts.loss_and_metrics(p, b, denom, step_cfg)[0]
 
     def fwd_model(p, b):  # the decoder alone: what the loss head adds is fwd - fwd_model
-      hidden, _ = nnx.merge(graphdef, p)(b.tokens, b.positions, b.segment_ids)
+      hidden = nnx.merge(graphdef, p)(b.tokens, b.positions, b.segment_ids)
       return hidden.astype(np.float32).sum()
 
     fns = {"fwd_model": fwd_model, "fwd": fwd_loss,
