@@ -83,7 +83,7 @@ def row_length(pairs) -> int:
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _forward(graphdef, params, tokens_BT, positions_BT, segment_ids_BT):
-  return nnx.merge(graphdef, params)(tokens_BT, positions_BT, segment_ids_BT)[0]
+  return nnx.merge(graphdef, params)(tokens_BT, positions_BT, segment_ids_BT)
 
 
 def response_hidden(lm, pairs, pad_id) -> np.ndarray:

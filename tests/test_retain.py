@@ -82,7 +82,7 @@ def test_bad_rows_name_the_line(tmp_path, name, text, match):
 def _forward_logits(graphdef, params, tokens_1T, segments_1T):
   decoder = nnx.merge(graphdef, params)
   T = tokens_1T.shape[1]
-  hidden, _ = decoder(tokens_1T, jnp.arange(T, dtype=jnp.int32)[None], segments_1T)
+  hidden = decoder(tokens_1T, jnp.arange(T, dtype=jnp.int32)[None], segments_1T)
   return decoder.logits(hidden)[0]
 
 
