@@ -9,7 +9,7 @@ k = V case (`dense_to_sparse`), so each divergence has exactly one implementatio
 
   student logits [B,T,V] --> bucket log-probs [B,T,N] --> divergence [B,T] --> loss []
   (or hidden states, in      (teacher's and student's)    (fkl/rkl/akl/jsd)   (per packed sequence,
-   chunks of T)                                                                weighted, reduced)
+   chunks of T: chunked_logprobs.py)                                           weighted, reduced)
 
 Axis legend:
   B batch rows         T time (token positions of a row)   V vocabulary (student logit rows)
@@ -30,7 +30,7 @@ DIVERGENCES = ("fkl", "rkl", "akl", "jsd")
 REDUCTIONS = ("seq_mean", "token_sum")
 WEIGHT_NORMS = ("dataset_mean", "none", "batch")
 
-# Smallest tail mass the log sees, for the teacher and the student alike; see `_log_tail`.
+# Smallest tail mass the log sees, for the teacher and the student alike; see `log_tail`.
 TAIL_FLOOR = 1e-10
 
 
@@ -56,7 +56,7 @@ def dense_to_sparse(
   return TeacherSignal(ids_BTV, jax.nn.log_softmax(logits_BTV, axis=-1), jnp.zeros((B, T), F32))
 
 
-def _log_tail(tail_mass: jax.Array) -> jax.Array:
+def log_tail(tail_mass: jax.Array) -> jax.Array:
   # A tail can be empty: k = V, a top-k holding all the mass to float32 precision, or a stored
   # 1 - sum(top-k) rounded to 0. log(0) = -inf would make RKL infinite and the gradient nan
   # (0 / 0 in the log's derivative), so both tails are floored. Above the floor nothing changes
@@ -69,7 +69,7 @@ def _log_tail(tail_mass: jax.Array) -> jax.Array:
 
 def teacher_bucket_logprobs(teacher: TeacherSignal) -> jax.Array:
   """log p over the k+1 buckets, [B, T, N]."""
-  log_tail_BT = _log_tail(teacher.tail_BT.astype(F32))
+  log_tail_BT = log_tail(teacher.tail_BT.astype(F32))
   return jnp.concatenate([teacher.logprobs_BTK.astype(F32), log_tail_BT[..., None]], -1)
 
 
@@ -90,48 +90,18 @@ def student_bucket_logprobs(
   V = logits_BTV.shape[-1]
   if vocab_size is not None and vocab_size < V:
     logits_BTV = jnp.where(jnp.arange(V) < vocab_size, logits_BTV, -jnp.inf)
-  log_q_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
-  log_q_BTK = jnp.take_along_axis(log_q_BTV, teacher_ids_BTK, axis=-1)
+  # One exp over the vocabulary serves both the normaliser and the tail (on CPU the exps are
+  # most of this function's time; the max only stabilises and cancels, hence no gradient).
+  shifted_BTV = logits_BTV - jax.lax.stop_gradient(logits_BTV.max(-1, keepdims=True))
+  e_BTV = jnp.exp(shifted_BTV)
+  z_BT = e_BTV.sum(-1)
+  log_q_BTK = jnp.take_along_axis(shifted_BTV, teacher_ids_BTK, axis=-1) - jnp.log(z_BT)[..., None]
   # The tail is summed over the tokens outside the top-k rather than taken as 1 - sum(top-k):
   # that difference cancels catastrophically in float32 (a true tail of 1e-9 comes out as 0 or
   # 1e-7), and d log(1 - s) = -1/(1 - s) then explodes. A sum of small positive terms is
   # accurate to relative precision, and so is its gradient.
-  q_outside_BTV = jnp.put_along_axis(jnp.exp(log_q_BTV), teacher_ids_BTK, 0.0, axis=-1, inplace=False)
-  return jnp.concatenate([log_q_BTK, _log_tail(q_outside_BTV.sum(-1))[..., None]], -1)
-
-
-def chunked_student_bucket_logprobs(
-  hidden_BTD: jax.Array,
-  lm_head_DV: jax.Array,
-  teacher_ids_BTK: jax.Array,
-  *,
-  chunk_size: int,
-  temperature: float = 1.0,
-  vocab_size: int | None = None,
-) -> jax.Array:
-  """`student_bucket_logprobs(hidden @ lm_head, ...)` without ever holding all [B, T, V] logits.
-
-  Logits are made `chunk_size` positions at a time and rematerialised in the backward pass, so
-  the peak is one [B, C, V] float32 block (plus its gradient) in either direction. The matmul
-  accumulates in float32 whatever the dtype of `lm_head_DV` (bf16 compute weights are fine).
-  """
-  B, T, _ = hidden_BTD.shape
-  C = min(chunk_size, T)
-  num_chunks = -(-T // C)
-  pad = num_chunks * C - T  # the last chunk is padded; its extra positions are dropped below
-
-  def chunks(x):  # [B, T, ...] -> [n, B, C, ...], n = num_chunks
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.moveaxis(x.reshape(B, num_chunks, C, *x.shape[2:]), 1, 0)
-
-  @jax.checkpoint
-  def bucket_logprobs_of_chunk(chunk):
-    hidden_BCD, ids_BCK = chunk
-    logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, lm_head_DV, preferred_element_type=F32)
-    return student_bucket_logprobs(logits_BCV, ids_BCK, temperature=temperature, vocab_size=vocab_size)
-
-  log_q_nBCN = jax.lax.map(bucket_logprobs_of_chunk, (chunks(hidden_BTD), chunks(teacher_ids_BTK)))
-  return jnp.moveaxis(log_q_nBCN, 0, 1).reshape(B, num_chunks * C, -1)[:, :T]
+  e_outside_BTV = jnp.put_along_axis(e_BTV, teacher_ids_BTK, 0.0, axis=-1, inplace=False)
+  return jnp.concatenate([log_q_BTK, log_tail(e_outside_BTV.sum(-1) / z_BT)[..., None]], -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,25 +190,6 @@ def token_divergence(
   """
   log_q_BTN = student_bucket_logprobs(
     student_logits_BTV, teacher.ids_BTK, temperature=temperature, vocab_size=vocab_size
-  )
-  return divergence(teacher_bucket_logprobs(teacher), log_q_BTN, kind=kind, akl_mu=akl_mu, jsd_beta=jsd_beta)
-
-
-def chunked_token_divergence(
-  hidden_BTD: jax.Array,
-  lm_head_DV: jax.Array,
-  teacher: TeacherSignal,
-  *,
-  kind: str,
-  chunk_size: int,
-  temperature: float = 1.0,
-  vocab_size: int | None = None,
-  akl_mu: float = 0.5,
-  jsd_beta: float = 0.5,
-) -> jax.Array:
-  """`token_divergence` of the logits `hidden @ lm_head`, made chunk by chunk over T."""
-  log_q_BTN = chunked_student_bucket_logprobs(
-    hidden_BTD, lm_head_DV, teacher.ids_BTK, chunk_size=chunk_size, temperature=temperature, vocab_size=vocab_size
   )
   return divergence(teacher_bucket_logprobs(teacher), log_q_BTN, kind=kind, akl_mu=akl_mu, jsd_beta=jsd_beta)
 

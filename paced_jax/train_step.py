@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from paced_jax import losses, mesh as mesh_lib, weights
+from paced_jax import chunked_logprobs, losses, mesh as mesh_lib, weights
 
 
 class Batch(NamedTuple):
@@ -90,7 +90,7 @@ def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):
   hidden_BTD = model(batch.tokens, batch.positions, batch.segment_ids)
   hidden_BTD = jax.lax.with_sharding_constraint(hidden_BTD, P(mesh_lib.BATCH_AXES, None, None))
   teacher = losses.TeacherSignal(batch.teacher_ids, batch.teacher_logprobs, batch.teacher_tail)
-  log_q_BTN = losses.chunked_student_bucket_logprobs(
+  log_q_BTN = chunked_logprobs.chunked_student_bucket_logprobs(
       hidden_BTD, model.lm_head_DV(), batch.teacher_ids, chunk_size=cfg.loss_chunk,
       temperature=cfg.temperature, vocab_size=cfg.valid_vocab)
   log_p_BTN = losses.teacher_bucket_logprobs(teacher)
