@@ -29,7 +29,7 @@ def chunked_student_bucket_logprobs(
   temperature: float = 1.0,
   vocab_size: int | None = None,
 ) -> jax.Array:
-  """`student_bucket_logprobs(hidden @ lm_head, ...)` without ever holding all [B, T, V] logits.
+  """`losses.student_bucket_logprobs(hidden @ lm_head, ...)` without ever holding all [B, T, V] logits.
 
   Logits are made `chunk_size` positions at a time and remade in the backward pass, so the peak
   is one [B, C, V] float32 block (plus its gradient) in either direction. The matmul
@@ -79,7 +79,8 @@ def _chunk_fwd(hidden_BCD, lm_head_DV, ids_BCK, temperature, vocab_size):
   s_BCV = s_BCV - max_BC1
   e_BCV = jnp.exp(s_BCV)
   z_BC = e_BCV.sum(-1)
-  # The tail is a sum over the tokens outside the top-k, never z minus the top-k (see above).
+  # The tail is a sum over the tokens outside the top-k, never z minus the top-k (see
+  # losses.student_bucket_logprobs for why).
   outside_BC = jnp.put_along_axis(e_BCV, ids_BCK, 0.0, axis=-1, inplace=False).sum(-1)
   log_q_BCK = jnp.take_along_axis(s_BCV, ids_BCK, axis=-1) - jnp.log(z_BC)[..., None]
   log_q_BCN = jnp.concatenate([log_q_BCK, losses.log_tail(outside_BC / z_BC)[..., None]], -1)
