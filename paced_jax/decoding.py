@@ -38,7 +38,11 @@ class KVCache(NamedTuple):
     return cls(per_layer(), per_layer(), jnp.zeros((batch, length), jnp.int32))
 
 
-def _unstack(params: dict) -> dict:
+@jax.jit
+def decoding_params(params: dict) -> dict:
+  """The decoding layout of a decoder's parameters (a pure dict, as `nnx.to_pure_dict` gives):
+  `{"embed_VD", "layers": [one dict per layer], "norm_D", "lm_head_DV"}`, a new copy of the
+  weights. Jitted, so the per-layer arrays keep the stacked arrays' shardings (minus the L axis)."""
   layers = params["layers"]
   L = jax.tree.leaves(layers)[0].shape[0]
   lm_head = params.get("lm_head")
@@ -48,12 +52,6 @@ def _unstack(params: dict) -> dict:
       "norm_D": params["norm"]["weight"],
       "lm_head_DV": params["embed_tokens"].T if lm_head is None else lm_head,
   }
-
-
-# A jitted copy: the per-layer arrays keep the stacked arrays' shardings (minus the unsharded L axis).
-decoding_params = jax.jit(_unstack)
-decoding_params.__doc__ = """The decoding layout of a decoder's parameters (a pure dict, as `nnx.to_pure_dict` gives):
-`{"embed_VD", "layers": [one dict per layer], "norm_D", "lm_head_DV"}`, a new copy of the weights."""
 
 
 def _run_layers(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, mask_BTS, caches):
