@@ -53,16 +53,13 @@ def chunked_student_bucket_logprobs(
 
 
 def _chunk_logits(hidden_BCD, lm_head_DV, temperature, vocab_size):
-  logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, lm_head_DV, preferred_element_type=F32) / temperature
-  V = logits_BCV.shape[-1]
-  if vocab_size is not None and vocab_size < V:
-    logits_BCV = jnp.where(jnp.arange(V) < vocab_size, logits_BCV, -jnp.inf)
-  return logits_BCV
+  logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, lm_head_DV, preferred_element_type=F32)
+  return losses.scaled_logits(logits_BCV, temperature, vocab_size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _chunk_bucket_logprobs(hidden_BCD, lm_head_DV, ids_BCK, temperature, vocab_size):
-  """`student_bucket_logprobs(hidden @ lm_head)` for one chunk, with a hand-written backward.
+  """`losses.student_bucket_logprobs(hidden @ lm_head)` for one chunk, with a hand-written backward.
 
   Autodiff through a rematerialised `student_bucket_logprobs` replays all of its passes over the
   [B, C, V] block and adds as many again; on CPU, where each such pass is single-threaded, that
@@ -74,16 +71,8 @@ def _chunk_bucket_logprobs(hidden_BCD, lm_head_DV, ids_BCK, temperature, vocab_s
 
 
 def _chunk_fwd(hidden_BCD, lm_head_DV, ids_BCK, temperature, vocab_size):
-  s_BCV = _chunk_logits(hidden_BCD, lm_head_DV, temperature, vocab_size)
-  max_BC1 = s_BCV.max(-1, keepdims=True)
-  s_BCV = s_BCV - max_BC1
-  e_BCV = jnp.exp(s_BCV)
-  z_BC = e_BCV.sum(-1)
-  # The tail is a sum over the tokens outside the top-k, never z minus the top-k (see
-  # losses.student_bucket_logprobs for why).
-  outside_BC = jnp.put_along_axis(e_BCV, ids_BCK, 0.0, axis=-1, inplace=False).sum(-1)
-  log_q_BCK = jnp.take_along_axis(s_BCV, ids_BCK, axis=-1) - jnp.log(z_BC)[..., None]
-  log_q_BCN = jnp.concatenate([log_q_BCK, losses.log_tail(outside_BC / z_BC)[..., None]], -1)
+  logits_BCV = _chunk_logits(hidden_BCD, lm_head_DV, temperature, vocab_size)
+  log_q_BCN, max_BC1, z_BC, outside_BC = losses.fold_onto_buckets(logits_BCV, ids_BCK)
   return log_q_BCN, (hidden_BCD, lm_head_DV, ids_BCK, max_BC1, z_BC, outside_BC)
 
 
@@ -91,9 +80,11 @@ def _chunk_bwd(temperature, vocab_size, residuals, g_BCN):
   hidden_BCD, lm_head_DV, ids_BCK, max_BC1, z_BC, outside_BC = residuals
   e_BCV = jnp.exp(_chunk_logits(hidden_BCD, lm_head_DV, temperature, vocab_size) - max_BC1)
   g_BCK, g_tail_BC = g_BCN[..., :-1], g_BCN[..., -1]
-  # _log_tail floors the tail: below the floor its gradient is 0.
-  tail_coef_BC = jnp.where(outside_BC / z_BC > losses.TAIL_FLOOR, g_tail_BC / jnp.maximum(outside_BC, 1e-38), 0.0)
-  total_BC = g_BCK.sum(-1) + jnp.where(outside_BC / z_BC > losses.TAIL_FLOOR, g_tail_BC, 0.0)
+  # losses.log_tail floors the tail: below the floor its gradient is 0.
+  above_floor_BC = outside_BC / z_BC > losses.TAIL_FLOOR
+  g_tail_BC = jnp.where(above_floor_BC, g_tail_BC, 0.0)
+  tail_coef_BC = g_tail_BC / jnp.where(above_floor_BC, outside_BC, 1.0)  # o can be 0 (k = V)
+  total_BC = g_BCK.sum(-1) + g_tail_BC
   ds_BCV = e_BCV * (tail_coef_BC - total_BC / z_BC)[..., None]
   # Top-k tokens: their own cotangent, and no share of the tail's.
   e_top_BCK = jnp.take_along_axis(e_BCV, ids_BCK, axis=-1)

@@ -86,13 +86,26 @@ def student_bucket_logprobs(
   tokenizer) and get no probability. `temperature` divides the student's logits; the teacher
   signal must have been computed at the same temperature.
   """
-  logits_BTV = student_logits_BTV.astype(F32) / temperature
+  return fold_onto_buckets(scaled_logits(student_logits_BTV, temperature, vocab_size), teacher_ids_BTK)[0]
+
+
+def scaled_logits(logits_BTV: jax.Array, temperature: float, vocab_size: int | None) -> jax.Array:
+  """float32 logits / temperature, with padding rows (from `vocab_size` on) at -inf."""
+  logits_BTV = logits_BTV.astype(F32) / temperature
   V = logits_BTV.shape[-1]
   if vocab_size is not None and vocab_size < V:
     logits_BTV = jnp.where(jnp.arange(V) < vocab_size, logits_BTV, -jnp.inf)
+  return logits_BTV
+
+
+def fold_onto_buckets(logits_BTV: jax.Array, teacher_ids_BTK: jax.Array):
+  """The student's softmax folded onto the teacher's k+1 buckets: (log q [B, T, N], and the
+  per-position max, normaliser z and outside-the-top-k sum o of e^(logits - max), which
+  chunked_logprobs.py's backward reuses)."""
   # One exp over the vocabulary serves both the normaliser and the tail (on CPU the exps are
   # most of this function's time; the max only stabilises and cancels, hence no gradient).
-  shifted_BTV = logits_BTV - jax.lax.stop_gradient(logits_BTV.max(-1, keepdims=True))
+  max_BT1 = jax.lax.stop_gradient(logits_BTV.max(-1, keepdims=True))
+  shifted_BTV = logits_BTV - max_BT1
   e_BTV = jnp.exp(shifted_BTV)
   z_BT = e_BTV.sum(-1)
   log_q_BTK = jnp.take_along_axis(shifted_BTV, teacher_ids_BTK, axis=-1) - jnp.log(z_BT)[..., None]
@@ -100,8 +113,9 @@ def student_bucket_logprobs(
   # that difference cancels catastrophically in float32 (a true tail of 1e-9 comes out as 0 or
   # 1e-7), and d log(1 - s) = -1/(1 - s) then explodes. A sum of small positive terms is
   # accurate to relative precision, and so is its gradient.
-  e_outside_BTV = jnp.put_along_axis(e_BTV, teacher_ids_BTK, 0.0, axis=-1, inplace=False)
-  return jnp.concatenate([log_q_BTK, log_tail(e_outside_BTV.sum(-1) / z_BT)[..., None]], -1)
+  outside_BT = jnp.put_along_axis(e_BTV, teacher_ids_BTK, 0.0, axis=-1, inplace=False).sum(-1)
+  log_q_BTN = jnp.concatenate([log_q_BTK, log_tail(outside_BT / z_BT)[..., None]], -1)
+  return log_q_BTN, max_BT1, z_BT, outside_BT
 
 
 # ---------------------------------------------------------------------------------------------

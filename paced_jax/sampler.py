@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from paced_jax import mesh as mesh_lib
 from paced_jax import decoding
-from paced_jax.decoding import KVCache
 from paced_jax.model_config import ModelConfig
 
 
@@ -64,7 +63,7 @@ class Rollout(NamedTuple):
 
 
 class DecodeState(NamedTuple):
-  cache: KVCache
+  cache: decoding.KVCache
   last_token_B: jax.Array     # next input token of each row
   next_pos_B: jax.Array       # its position within the sequence
   next_slot_B: jax.Array      # its cache slot
@@ -206,7 +205,7 @@ class Sampler:
 
   def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig) -> DecodeState:
     zeros = lambda: np.zeros((rows,), np.int32)  # distinct buffers: the state is donated
-    state = DecodeState(KVCache.zeros(self.model_cfg, rows, slots), zeros(), zeros(), zeros(), zeros(),
+    state = DecodeState(decoding.KVCache.zeros(self.model_cfg, rows, slots), zeros(), zeros(), zeros(), zeros(),
                         np.zeros((rows,), bool), zeros(), np.zeros((rows, cfg.max_new_tokens), np.int32))
     return jax.device_put(state, self._state_shardings(state))
 
@@ -226,7 +225,7 @@ class Sampler:
     # The prompt fills slots 0..Pb-1; whatever a row's earlier sequence left in later slots is
     # masked (segment 0) until decoding overwrites it.
     put_prompt = lambda big_BKSDh, new_UKPDh: big_BKSDh.at[rows_R, :, :Pb].set(new_UKPDh[source_R], mode="drop")
-    cache = KVCache(tuple(map(put_prompt, state.cache.k_BKSDh, keys)), tuple(map(put_prompt, state.cache.v_BKSDh, values)),
+    cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BKSDh, keys)), tuple(map(put_prompt, state.cache.v_BKSDh, values)),
                     put(state.cache.segment_ids_BS, jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))))
     lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
