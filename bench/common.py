@@ -9,7 +9,11 @@ from typing import Callable, Sequence
 
 import jax
 
-from paced_jax import gguf_import, hf_checkpoint, mesh as mesh_lib, problems, tokenization
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import gguf as gguf_import
+from paced_jax.model import hf_checkpoint
+from paced_jax.problems import builtin
+from paced_jax.model import tokenization
 
 
 def demo_model_dir() -> str:
@@ -20,7 +24,7 @@ def demo_model_dir() -> str:
 def chat_prompts(model_dir: str, n: int, source: str = "easy_arithmetic", seed: int = 0) -> list[list[int]]:
   """`n` chat-rendered built-in problems, as token ids with the generation prompt appended."""
   tokenizer = tokenization.load_tokenizer(model_dir)
-  return [tokenization.render_chat(tokenizer, p.prompt) for p in problems.generate_builtin(source, n, seed, "train")]
+  return [tokenization.render_chat(tokenizer, p.prompt) for p in builtin.generate(source, n, seed, "train")]
 
 
 def load_paced(model_dir: str, compute_dtype: str = "float32", param_dtype: str = "float32"):

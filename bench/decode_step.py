@@ -32,7 +32,7 @@ def main(argv):
   import jax.numpy as jnp
 
   from bench import common
-  from paced_jax import sampler as sampler_lib
+  from paced_jax.sampling import sampler as sampler_lib
 
   cfg, _, params, mesh = common.load_paced(common.demo_model_dir())
   sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)

@@ -54,7 +54,7 @@ flags.DEFINE_integer("prompt_len", 128, "sample: prompt tokens")
 flags.DEFINE_integer("new_tokens", 256, "sample: new tokens per sequence")
 flags.DEFINE_string("json_out", "", "also write the results here")
 
-# The real shapes come from paced_jax.known_architectures (the presets' table); "tiny" is a CPU smoke run.
+# The real shapes come from paced_jax.model.known_architectures (the presets' table); "tiny" is a CPU smoke run.
 MODELS = {"smollm2_135m": "SmolLM2-135M", "qwen3_1p7b": "Qwen3-1.7B"}
 TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=1024)
@@ -87,7 +87,7 @@ def bf16_peak() -> dict:
 def make_model(name: str, directory: str) -> str:
   import torch
   import transformers
-  from paced_jax.known_architectures import KNOWN_ARCHITECTURES
+  from paced_jax.model.known_architectures import KNOWN_ARCHITECTURES
   fields = TINY if name == "tiny" else KNOWN_ARCHITECTURES[MODELS[name]]
   hf = {k: v for k, v in fields.items() if k not in ("tokenizer_vocab", "published_params")}
   config = transformers.AutoConfig.for_model(**hf)
@@ -100,7 +100,7 @@ def make_model(name: str, directory: str) -> str:
 
 def train_batch(vocab: int):
   """A random packed batch (one sequence per row, every position trained) and its teacher signal."""
-  from paced_jax import train_step as ts
+  from paced_jax.training import train_step as ts
   B, T, K = FLAGS.batch, FLAGS.seq_len, FLAGS.top_k
   rng = np.random.default_rng(0)
   # Distinct top-k ids per position: a random start plus a stride that cannot wrap onto itself.
@@ -124,7 +124,9 @@ def train_paced_jax(model_dir: str) -> dict:
   import jax
   from flax import nnx
 
-  from paced_jax import hf_checkpoint, mesh as mesh_lib, train_step as ts
+  from paced_jax import mesh as mesh_lib
+  from paced_jax.model import hf_checkpoint
+  from paced_jax.training import train_step as ts
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   cfg, graphdef, params = hf_checkpoint.load_model(model_dir, mesh, compute_dtype="bfloat16", param_dtype="float32")
   step_cfg = ts.StepConfig(graphdef=graphdef, lr=1e-5, weight_decay=0.1, loss_chunk=FLAGS.loss_chunk)
@@ -194,7 +196,9 @@ def random_prompts(vocab: int) -> list[list[int]]:
 def sample_paced_jax(model_dir: str) -> dict:
   import jax
 
-  from paced_jax import hf_checkpoint, mesh as mesh_lib, sampler as sampler_lib
+  from paced_jax import mesh as mesh_lib
+  from paced_jax.model import hf_checkpoint
+  from paced_jax.sampling import sampler as sampler_lib
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   cfg, graphdef, params = hf_checkpoint.load_model(model_dir, mesh, compute_dtype="bfloat16", param_dtype="bfloat16")
   sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)

@@ -79,7 +79,7 @@ def result(system, workload, variant, first, timed, useful, slot, **extra):
 
 def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vocab):
   """(variant label, call) pairs; each call returns (useful, slot) of one full generate."""
-  from paced_jax import sampler as sampler_lib
+  from paced_jax.sampling import sampler as sampler_lib
   from bench import common
 
   bf16 = dtype == "bfloat16"
@@ -315,7 +315,7 @@ def main(argv):
     return tunix_worker(FLAGS.tunix_worker)
   sys.path.insert(0, ROOT)
   from bench import common
-  from paced_jax import tokenization
+  from paced_jax.model import tokenization
 
   if FLAGS.torch_threads:
     import torch

@@ -48,10 +48,18 @@ from absl import app, flags
 from flax import nnx
 
 from bench import common
-from paced_jax import loaded_model, losses, mesh as mesh_lib, problems, prompts as prompts_lib, teacher_build
-from paced_jax import teacher_scoring, teacher_store, tokenization
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import loaded as loaded_model
+from paced_jax.training import losses
+from paced_jax.problems import builtin
+from paced_jax.problems import prompts as prompts_lib
+from paced_jax.teacher import build as teacher_build
+from paced_jax.model import scoring as teacher_scoring
+from paced_jax.teacher import store as teacher_store
+from paced_jax.model import tokenization
 from paced_jax.config import PromptConfig
-from paced_jax.sampler import SamplingConfig
+from paced_jax.config import SamplingConfig
+from paced_jax.sampling.sampler import Sampler
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_problems", 16, "problems, one sampled response each")
@@ -73,7 +81,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def sample_responses(lm, student_prompts, max_new_tokens, temperature, seed) -> list[np.ndarray]:
   cfg = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, num_samples=1,
                        batch_rows=len(student_prompts), chunk_steps=16, seed=seed)
-  return [r[0].tokens for r in lm.sampler().generate(student_prompts, cfg, progress=False)]
+  return [r[0].tokens for r in Sampler.for_model(lm).generate(student_prompts, cfg, progress=False)]
 
 
 def row_length(pairs) -> int:
@@ -187,7 +195,7 @@ def main(argv):
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   lm = loaded_model.load("demo:smollm2", mesh)
   pcfg = PromptConfig()
-  probs = problems.generate_builtin(FLAGS.source, FLAGS.num_problems, FLAGS.seed, "train")
+  probs = builtin.generate(FLAGS.source, FLAGS.num_problems, FLAGS.seed, "train")
   student_prompts = [prompts_lib.student_prompt(lm.tokenizer, p, pcfg) for p in probs]
   teacher_prompts = [prompts_lib.teacher_prompt(lm.tokenizer, p, pcfg) for p in probs]
   print(f"# teacher store bench: {len(probs)} {FLAGS.source} problems, {common.machine()}", flush=True)

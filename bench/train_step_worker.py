@@ -45,7 +45,8 @@ def rss_mib() -> tuple[float, float]:
 def make_batch(model_dir: str):
   """(numpy Batch, valid vocab): one chat-text sequence per row, teacher signal on its last positions."""
   from bench import common
-  from paced_jax import packing, tokenization
+  from paced_jax.training import packing
+  from paced_jax.model import tokenization
 
   B, T, K, R = FLAGS.batch, FLAGS.seq_len, FLAGS.top_k, FLAGS.loss_tokens
   if not 0 < R < T:
@@ -133,7 +134,10 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
   import jax
   from flax import nnx
 
-  from paced_jax import hf_checkpoint, losses, mesh as mesh_lib, train_step as ts
+  from paced_jax import mesh as mesh_lib
+  from paced_jax.model import hf_checkpoint
+  from paced_jax.training import losses
+  from paced_jax.training import train_step as ts
 
   np_batch, vocab = make_batch(model_dir)
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])

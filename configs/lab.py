@@ -8,7 +8,8 @@ The bootstrap (teacher + student, cached in WORKDIR/models) comes first and take
 than the table itself; docs/lab/README.md says how the committed run got its models.
 """
 
-from paced_jax import config as config_lib, lab_config
+from paced_jax import config as config_lib
+from paced_jax.lab import config as lab_config
 
 
 def get_config(variant: str = ""):

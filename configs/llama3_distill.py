@@ -18,7 +18,7 @@ decoding) with FSDP over the rest. Its weights are 70.6B x 4 bytes (f32 params) 
 32 heads x 8704^2 x 4 bytes = 9.7 GB, split over the tensor axis.
 """
 
-from paced_jax import paper_presets as pp
+from paced_jax import presets as pp
 
 SLICES = {
     # 32 chips x 95 GiB: batch over 8 fsdp groups of 4 chips; 256 rows = 32 per group,

@@ -18,7 +18,7 @@ Memory: one row's attention scores are 28 heads x 4096^2 x 4 bytes = 1.9 GB; par
 state (7.6B x 16 bytes = 122 GB) are sharded over the whole slice.
 """
 
-from paced_jax import paper_presets as pp
+from paced_jax import presets as pp
 
 CONTEXT = 4096
 

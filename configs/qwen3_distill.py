@@ -21,7 +21,7 @@ the whole slice. TPU-compiler numbers from paced_jax.tools.aot_check (launch/REA
 v5p-64 20.8 GiB peak per device of 95; v5e-256 10.1 GiB of 16.
 """
 
-from paced_jax import paper_presets as pp
+from paced_jax import presets as pp
 
 SLICES = {
     # 32 chips x 95 GiB: 256 rows = 8 per device; 4 micro-batches -> 2 rows at a time: 20.8 GiB

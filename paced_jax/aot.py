@@ -29,9 +29,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh
 
-from paced_jax import mesh as mesh_lib, model as model_lib, model_config, trainer, train_step as ts
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import decoder as model_lib
+from paced_jax.model import config as model_config
+from paced_jax.training import trainer
+from paced_jax.training import train_step as ts
 from paced_jax.config import ExperimentConfig
-from paced_jax.known_architectures import KNOWN_ARCHITECTURES
+from paced_jax.model.known_architectures import KNOWN_ARCHITECTURES
 
 GiB = 1 << 30
 
@@ -80,7 +84,7 @@ def resolve_model(spec: str) -> tuple[model_config.ModelConfig, int | None, str]
   if path and os.path.isfile(os.path.join(path, "config.json")):
     return model_config.load_model_config(path), None, os.path.join(path, "config.json")
   if spec.startswith("tiny:"):
-    from paced_jax import tiny_model
+    from paced_jax.model import tiny as tiny_model
     parts = spec.split(":")[1:]
     family, size = [p or d for p, d in zip(parts + [""] * 2, ("qwen3", "nano"))][:2]
     vocab = len(tiny_model.char_tokenizer())

@@ -1,8 +1,10 @@
 """Experiment configuration: ml_collections files in configs/ -> one frozen dataclass tree.
 
-Each module owns the dataclass for its own settings (SamplingConfig in sampler.py, WeightConfig
-in weights.py, ...); this module composes them and converts a ConfigDict into them, refusing
-unknown or mistyped fields with the dotted path of the offending key.
+Every setting of every stage is declared here, once, with its default; stages read them from the
+tree and never redeclare them. `to_dataclass` converts a ConfigDict, refusing unknown or mistyped
+fields with the dotted path of the offending key. Lists that belong to a stage's code (the
+divergence registry in training/losses.py) are checked by that stage, which names the field.
+This module imports nothing from the package, so every layer may import it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,146 @@ from typing import Any
 
 import ml_collections
 
-from paced_jax.mesh import MeshConfig
-from paced_jax.sampler import SamplingConfig
-from paced_jax.snr_stats import SNRConfig
-from paced_jax.verifier import VerifierConfig
-from paced_jax.weights import WeightConfig
 
 
 class ConfigError(ValueError):
   """A config field is unknown or has the wrong type."""
+
+
+STRATEGIES = ("boxed", "answer_line", "last_number")   # answer extraction (evaluation/verifier.py)
+WEIGHT_SCHEMES = ("paced", "uniform", "hard_filter")     # training/weights.py
+WEIGHT_NORMS = ("dataset_mean", "batch", "none")         # also the loss's weight_norm (training/losses.py)
+
+# logical name -> mesh axis (or None = replicated). FSDP shards the model dim of every matrix,
+# tensor parallelism the heads, the MLP dim and the vocabulary.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+  distributed: bool = False  # call jax.distributed.initialize() (multi-host pods)
+  # Explicit multi-process settings (e.g. several processes on one machine); left at their
+  # defaults, jax.distributed.initialize() detects them itself (TPU pods, SLURM, Open MPI).
+  coordinator_address: str = ""  # host:port of process 0's coordinator service
+  num_processes: int = 0
+  process_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0              # 0 = no top-k
+  greedy: bool = False
+  max_new_tokens: int = 256
+  num_samples: int = 8        # K samples per prompt
+  batch_rows: int = 64        # rows decoding at once (rounded up to the batch-axis size)
+  chunk_steps: int = 16       # decode steps between host refills
+  prompt_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+  seed: int = 0
+
+  def compiled_part(self) -> "SamplingConfig":
+    """The settings the jitted functions see: host-only fields are normalised away, so stages
+    that differ only in K, batching or buckets share compiled code."""
+    return dataclasses.replace(self, num_samples=1, batch_rows=0, prompt_buckets=())
+
+  def identity(self) -> dict:
+    """The settings that determine the samples (batching and bucketing do not)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if k not in ("batch_rows", "chunk_steps", "prompt_buckets")}
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierConfig:
+  """How final answers are extracted and how long one item may take to grade.
+
+  extract: strategies tried in order, the first that yields an answer wins. The default leaves
+    out "last_number", which would credit any response whose last number happens to match the
+    truth (e.g. a truncated derivation); turn it on for students that answer with a bare number.
+    If the last \\boxed{ never closes (truncated output) there is no answer at all: later
+    strategies are not consulted, so a cut-off box never earns credit through a fallback.
+  timeout_s: wall-clock bound per item in Grader, from dispatch to a worker until its verdict.
+  workers: Grader processes (0: min(4, cpu count)); started on demand, never more than items.
+  max_answer_chars: longer extracted answers are judged wrong without math-verify.
+  start_method: "spawn" or "forkserver".
+  math_verify: False = exact grading: an answer that is not the truth's string or number is wrong
+    (no worker processes; "100+8" is not "108"). True sends such answers to math-verify.
+  """
+
+  extract: tuple[str, ...] = ("boxed", "answer_line")
+  timeout_s: float = 5.0
+  workers: int = 0
+  max_answer_chars: int = 1000
+  start_method: str = "spawn"
+  math_verify: bool = True
+
+  def __post_init__(self):
+    if not self.extract or any(s not in STRATEGIES for s in self.extract):
+      raise ValueError(f"extract must be a non-empty tuple drawn from {STRATEGIES}, got {self.extract!r}")
+    if not self.timeout_s > 0:
+      raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+    if self.workers < 0:
+      raise ValueError(f"workers must be >= 0, got {self.workers}")
+    if self.start_method not in ("spawn", "forkserver"):
+      raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {self.start_method!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightConfig:
+  """How pass rates become problem weights. `norm` is also the loss's `weight_norm` (losses.py)."""
+
+  scheme: str = "paced"  # paced: p^alpha (1-p)^beta; uniform: 1; hard_filter: 1 if 0 < p < 1 else 0
+  alpha: float = 1.0
+  beta: float = 1.0
+  norm: str = "dataset_mean"  # dataset_mean: mean 1 over kept problems; batch: in the step; none: raw
+  keep_zero_weight: bool = False  # keep w = 0 problems in the data (ablations); dropped by default
+  posterior_mean: bool = False  # estimate p by the Beta(1,1) posterior mean (c+1)/(K+2), not c/K
+
+  def __post_init__(self):
+    if self.scheme not in WEIGHT_SCHEMES:
+      raise ValueError(f"unknown weight scheme {self.scheme!r}; expected one of {WEIGHT_SCHEMES}")
+    if self.norm not in WEIGHT_NORMS:
+      raise ValueError(f"unknown weight norm {self.norm!r}; expected one of {WEIGHT_NORMS}")
+    if self.alpha < 0 or self.beta < 0:
+      raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SNRConfig:
+  num_problems: int = 256
+  dim: int = 4096                 # count-sketch dimensions; 0 = the selected gradient itself
+  param_regex: str = ""           # re.search over parameter paths like 'layers/mlp/down_proj/kernel'
+  seed: int = 0                   # problem selection, sketch hash, bootstrap
+  stratified: bool = True         # draw problems round-robin over pass-rate bins, not by frequency
+  resamples: int = 1000
+  confidence: float = 0.9
+  source: str = "auto"            # auto (offline if a teacher store exists) | offline | on_policy
+  divergence: str = "auto"        # auto (the trainer's for that source) or a divergence name (training/losses.py)
+  round: int = -1                 # pass-rate round; -1 = the latest
+  rows_per_call: int = 8          # rows per compiled call
+  vmap_rows: int = 1              # rows whose gradients are live at once (memory: vmap_rows x params)
+
+  def __post_init__(self):
+    if self.source not in ("auto", "offline", "on_policy"):
+      raise ValueError(f"snr.source {self.source!r}: expected auto, offline or on_policy")
+    if self.num_problems < 2 or self.dim < 0 or self.resamples < 1 or not 0 < self.confidence < 1:
+      raise ValueError(f"snr: need num_problems >= 2, dim >= 0, resamples >= 1, 0 < confidence < 1; got {self}")
+    if self.rows_per_call < 1 or self.vmap_rows < 1:
+      raise ValueError(f"snr: rows_per_call and vmap_rows must be >= 1, got {self.rows_per_call}, {self.vmap_rows}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +269,6 @@ class ExperimentConfig:
 _CHOICES = {
     "track": ("distill", "self_distill", "two_stage"),
     "prompts.teacher_context": ("none", "answer_only", "solution"),
-    "train.loss": ("forward_kl", "reverse_kl", "akl", "jsd"),
     "train.token_reduction": ("seq_mean", "token_sum"),
     "train.schedule": ("constant", "cosine"),
     "teacher_signal.logprob_dtype": ("bfloat16", "float16"),

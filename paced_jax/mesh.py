@@ -17,37 +17,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from paced_jax.config import DEFAULT_RULES, MeshConfig
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both; fsdp also shards parameters
-
-# logical name -> mesh axis (or None = replicated). FSDP shards the model dim of every matrix,
-# tensor parallelism the heads, the MLP dim and the vocabulary.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("layers", None),
-    ("norm", None),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
-  distributed: bool = False  # call jax.distributed.initialize() (multi-host pods)
-  # Explicit multi-process settings (e.g. several processes on one machine); left at their
-  # defaults, jax.distributed.initialize() detects them itself (TPU pods, SLURM, Open MPI).
-  coordinator_address: str = ""  # host:port of process 0's coordinator service
-  num_processes: int = 0
-  process_id: int = -1
-
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
   """Resolve the one -1 axis to the devices left over; errors say what did not divide."""

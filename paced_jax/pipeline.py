@@ -9,8 +9,18 @@ from __future__ import annotations
 import os
 import time
 
-from paced_jax import (artifacts, evaluate, hf_checkpoint, loaded_model, pass_rate, problems,
-                       reference, report, snr, teacher_stage, trainer)
+from paced_jax import artifacts
+from paced_jax.evaluation import evaluate
+from paced_jax.model import hf_checkpoint
+from paced_jax.model import loaded as loaded_model
+from paced_jax.evaluation import pass_rate
+from paced_jax.problems import prepare as prepare_lib
+from paced_jax.problems import records
+from paced_jax.teacher import reference
+from paced_jax.analysis import report
+from paced_jax.analysis import snr
+from paced_jax.teacher import stage as teacher_stage
+from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
 
 
@@ -31,9 +41,9 @@ def run(cfg: ExperimentConfig) -> str:
 
   _banner(next(step), n, stages[0])
   p = cfg.problems
-  fields = problems.FieldMap(id=p.field_id or None, prompt=p.field_prompt, answer=p.field_answer,
+  fields = records.FieldMap(id=p.field_id or None, prompt=p.field_prompt, answer=p.field_answer,
                              solution=p.field_solution or None)
-  problems.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed, fields=fields)
+  prepare_lib.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed, fields=fields)
 
   _banner(next(step), n, stages[1])
   student, teacher = loaded_model.load_student_and_teacher(cfg)

@@ -20,7 +20,7 @@ MESH = dict(data=2, fsdp=2, tensor=2)  # every kind of collective: batch, fsdp a
 
 
 def examples(step: int, vocab: int):
-  from paced_jax import packing
+  from paced_jax.training import packing
   rng = np.random.default_rng(1000 + step)
   out = []
   for i in range(ROWS):
@@ -57,7 +57,10 @@ def main() -> None:
 
   import jax
   from flax import nnx, traverse_util
-  from paced_jax import hf_checkpoint, mesh as mesh_lib, packing, train_step as ts
+  from paced_jax import mesh as mesh_lib
+  from paced_jax.model import hf_checkpoint
+  from paced_jax.training import packing
+  from paced_jax.training import train_step as ts
 
   # The library's own multi-process entry: MeshConfig(distributed=True) -> jax.distributed.initialize.
   mesh_cfg = mesh_lib.MeshConfig(**MESH, distributed=args.num_processes > 1, coordinator_address=args.coordinator,

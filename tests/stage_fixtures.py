@@ -7,7 +7,9 @@ import os
 
 import jax
 
-from paced_jax import config as config_lib, loaded_model, mesh as mesh_lib, problems
+from paced_jax import config as config_lib, mesh as mesh_lib
+from paced_jax.model import loaded as loaded_model
+from paced_jax.problems import prepare as prepare_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +32,7 @@ def tiny_experiment(workdir: str, variant: str = "", **overrides) -> config_lib.
     node[leaf] = value
   cfg = config_lib.experiment(c)
   p = cfg.problems
-  problems.prepare(workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed)
+  prepare_lib.prepare(workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed)
   return cfg
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paced_jax import chunked_logprobs, losses
+from paced_jax.training import chunked_logprobs
+from paced_jax.training import losses
 from test_losses import F32, TOL, f32, hidden_case, jit, ref_sparse
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from paced_jax import decoding, hf_checkpoint, mesh as mesh_lib
+from paced_jax import mesh as mesh_lib
+from paced_jax.sampling import decoding
+from paced_jax.model import hf_checkpoint
 from tiny_models import FAMILIES, make_tiny_model
 
 

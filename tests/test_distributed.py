@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib, tiny_model, trainer
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.model import tiny as tiny_model
+from paced_jax.training import trainer
 import tiny_workspace
 from stage_fixtures import ROOT, tiny_experiment
 

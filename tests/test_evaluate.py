@@ -10,10 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from paced_jax import artifacts, benchmarks, config as config_lib, evaluate, tiny_model
-from paced_jax.pass_rate import problem_key
-from paced_jax.problems import ProblemFileError
-from paced_jax.sampler import Rollout
+from paced_jax import artifacts, config as config_lib
+from paced_jax.evaluation import benchmarks
+from paced_jax.evaluation import evaluate
+from paced_jax.model import tiny as tiny_model
+from paced_jax.evaluation.pass_rate import problem_key
+from paced_jax.problems.records import ProblemFileError
+from paced_jax.sampling.sampler import Rollout
 from stage_fixtures import ROOT, load_config_file, load_student, tiny_experiment
 
 # Problem answers 1..4; the fake sampler answers problem i correctly in PLAN[i] of its K = 2 samples.

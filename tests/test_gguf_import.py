@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from paced_jax import artifacts
-from paced_jax import gguf_import
+from paced_jax.model import gguf as gguf_import
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 TINY = dict(vocab=260, hidden=32, ffn=64, layers=2, heads=4, kv_heads=2, context=128)

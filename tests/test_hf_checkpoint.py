@@ -10,9 +10,10 @@ import pytest
 import torch
 import transformers
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib
-from paced_jax.model_config import ModelConfigError
-from paced_jax.safetensors_io import CheckpointError, SafetensorsFile, write_file
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.model.config import ModelConfigError
+from paced_jax.model.safetensors_io import CheckpointError, SafetensorsFile, write_file
 from tiny_models import make_tiny_model
 
 

@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from paced_jax import lab_bootstrap as B, lab_tokenizer, mesh as mesh_lib, model as model_lib
-from paced_jax import train_step as ts
+from paced_jax import mesh as mesh_lib
+from paced_jax.lab import bootstrap as B
+from paced_jax.lab import tokenizer as lab_tokenizer
+from paced_jax.model import decoder as model_lib
+from paced_jax.training import train_step as ts
 from paced_jax.config import PromptConfig
 from paced_jax.mesh import MeshConfig
-from paced_jax.packing import pack
+from paced_jax.training.packing import pack
 
 PROMPTS = PromptConfig(teacher_context="solution", solution_template="{problem}\nSolution:\n{solution}")
 SPEC = B.ModelSpec(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1, steps=3)
@@ -64,7 +67,8 @@ def test_trained_model_is_cached_and_refuses_other_settings(tmp_path):
   out = B.ensure_model(str(tmp_path), "student", SPEC, CFG, PROMPTS, mesh, seed=1)
   losses = [line for line in open(tmp_path / "student.train.jsonl")]
   assert len(losses) >= 1
-  from paced_jax import artifacts, loaded_model
+  from paced_jax import artifacts
+  from paced_jax.model import loaded as loaded_model
   stamp = (tmp_path / "student" / "model.safetensors").stat().st_mtime
   assert B.ensure_model(str(tmp_path), "student", SPEC, CFG, PROMPTS, mesh, seed=1) == out
   assert (tmp_path / "student" / "model.safetensors").stat().st_mtime == stamp

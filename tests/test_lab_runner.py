@@ -11,7 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from paced_jax import artifacts, config as config_lib, lab_config, lab_report, lab_runner
+from paced_jax import artifacts, config as config_lib
+from paced_jax.lab import config as lab_config
+from paced_jax.lab import report as lab_report
+from paced_jax.lab import runner as lab_runner
 from stage_fixtures import load_config_file
 
 

@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from paced_jax import lab_tasks as L
-from paced_jax import problems as P
-from paced_jax import verifier
+from paced_jax.problems import lab_arithmetic as L
+from paced_jax.problems import builtin
+from paced_jax.problems import prepare as prepare_lib
+from paced_jax.evaluation import verifier
 
 _EXPR = re.compile(r"^[0-9+\-*]+$")
 
@@ -78,7 +79,7 @@ def test_deterministic_by_seed_prefix_stable_and_splits_disjoint():
   assert not {_expr(p) for p in a} & {_expr(p) for p in held}
   assert len({p.id for p in a}) == len(a)
   # The pipeline's built-in source is the same generator.
-  assert P.generate_builtin("lab_arithmetic", 120, seed=5, split="train") == a
+  assert builtin.generate("lab_arithmetic", 120, seed=5, split="train") == a
 
 
 def test_exhausted_level_is_an_error():
@@ -87,11 +88,11 @@ def test_exhausted_level_is_an_error():
 
 
 def test_prepare_records_generator_settings(tmp_path):
-  directory = P.prepare(str(tmp_path), "builtin:lab_arithmetic", n_train=12, n_heldout=6, seed=0)
+  directory = prepare_lib.prepare(str(tmp_path), "builtin:lab_arithmetic", n_train=12, n_heldout=6, seed=0)
   from paced_jax import artifacts
-  manifest = artifacts.read_manifest(directory, P.KIND)
+  manifest = artifacts.read_manifest(directory, prepare_lib.KIND)
   assert manifest["config"]["generator"]["levels"]["6"]["product"] is True
-  assert [p.level for p in P.read_problems(str(tmp_path), "heldout")] == [1, 2, 3, 4, 5, 6]
+  assert [p.level for p in prepare_lib.read_problems(str(tmp_path), "heldout")] == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("text,ok", [

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import transformers
 
-from paced_jax import lab_tasks, lab_tokenizer, tokenization
+from paced_jax.problems import lab_arithmetic as lab_tasks
+from paced_jax.lab import tokenizer as lab_tokenizer
+from paced_jax.model import tokenization
 from stage_fixtures import load_config_file
 
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paced_jax import chunked_logprobs, losses
+from paced_jax.training import chunked_logprobs
+from paced_jax.training import losses
 
 KINDS = ("fkl", "rkl", "akl", "jsd")
 F32 = jnp.float32

@@ -8,7 +8,9 @@ import torch
 import transformers
 from flax import nnx, traverse_util
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib, model as model_lib
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.model import decoder as model_lib
 from tiny_models import FAMILIES, make_tiny_model
 
 TOL = 1e-4

@@ -5,7 +5,8 @@ import os
 import jax
 import pytest
 
-from paced_jax import artifacts, pass_rate
+from paced_jax import artifacts
+from paced_jax.evaluation import pass_rate
 from stage_fixtures import load_student, tiny_experiment
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from paced_jax import aot, config as config_lib, paper_presets
+from paced_jax import aot, config as config_lib, presets as paper_presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = ("qwen3_distill", "qwen25_math_selfdistill", "llama3_distill")

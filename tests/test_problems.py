@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from paced_jax import artifacts
-from paced_jax import problems as P
+from paced_jax.problems import builtin
+from paced_jax.problems import prepare as prepare_lib
+from paced_jax.problems import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,21 +31,21 @@ def _write_jsonl(path, rows) -> str:
 # ---------------------------------------------------------------------------------------------
 # Built-in generators
 
-@pytest.mark.parametrize("name", sorted(P.BUILTIN_SOURCES))
+@pytest.mark.parametrize("name", sorted(builtin.BUILTIN_SOURCES))
 def test_builtin_deterministic_and_splits_disjoint(name):
-  train = P.generate_builtin(name, 40, seed=3, split="train")
-  assert train == P.generate_builtin(name, 40, seed=3, split="train")
-  assert train != P.generate_builtin(name, 40, seed=4, split="train")
-  heldout = P.generate_builtin(name, 20, seed=3, split="heldout")
+  train = builtin.generate(name, 40, seed=3, split="train")
+  assert train == builtin.generate(name, 40, seed=3, split="train")
+  assert train != builtin.generate(name, 40, seed=4, split="train")
+  heldout = builtin.generate(name, 20, seed=3, split="heldout")
   # The partition does not depend on the seed: no seed's held-out set meets any seed's train set.
-  other_heldout = P.generate_builtin(name, 20, seed=4, split="heldout")
+  other_heldout = builtin.generate(name, 20, seed=4, split="heldout")
   train_prompts = {p.prompt for p in train}
   assert len(train_prompts) == len(train) and len({p.prompt for p in heldout}) == len(heldout)
   assert not train_prompts & {p.prompt for p in heldout + other_heldout}
   assert not {p.id for p in train} & {p.id for p in heldout}
   assert all(p.source == name.removesuffix("_1digit") and p.answer for p in train + heldout)
   # A longer list extends a shorter one, so n does not change which problems come first.
-  assert P.generate_builtin(name, 10, seed=3, split="train") == train[:10]
+  assert builtin.generate(name, 10, seed=3, split="train") == train[:10]
 
 
 def _brute_force(a: int, op: str, b: int) -> int:
@@ -57,7 +59,7 @@ def _brute_force(a: int, op: str, b: int) -> int:
 
 @pytest.mark.parametrize("name,levels", [("easy_arithmetic", {1, 2, 3}), ("easy_arithmetic_1digit", {1, 2})])
 def test_easy_arithmetic_answers_and_levels(name, levels):
-  pool = P.generate_builtin(name, 120, seed=0, split="train") + P.generate_builtin(name, 30, seed=0, split="heldout")
+  pool = builtin.generate(name, 120, seed=0, split="train") + builtin.generate(name, 30, seed=0, split="heldout")
   for p in pool:
     m = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\? Answer with the number only\.", p.prompt)
     assert m, p.prompt
@@ -68,10 +70,10 @@ def test_easy_arithmetic_answers_and_levels(name, levels):
 
 
 def test_easy_arithmetic_exhausts_cleanly():
-  every = P.generate_builtin("easy_arithmetic_1digit", 0, 0, "train")
+  every = builtin.generate("easy_arithmetic_1digit", 0, 0, "train")
   assert every == []
   with pytest.raises(ValueError, match=r"only \d+ distinct train problems exist, asked for 1000"):
-    P.generate_builtin("easy_arithmetic_1digit", 1000, 0, "train")
+    builtin.generate("easy_arithmetic_1digit", 1000, 0, "train")
 
 
 def _floor_eval(node):
@@ -93,8 +95,8 @@ def _floor_eval(node):
 def test_reasoning_gym_answers_score_full_marks(name):
   import reasoning_gym
   seed, split = 7, "heldout"
-  got = P.generate_builtin(name, 25, seed, split)
-  dataset = reasoning_gym.create_dataset(name, seed=P.split_seed(seed, split), size=10_000, **P.RG_CONFIGS[name])
+  got = builtin.generate(name, 25, seed, split)
+  dataset = reasoning_gym.create_dataset(name, seed=records.split_seed(seed, split), size=10_000, **builtin.RG_CONFIGS[name])
   for p in got:
     item = dataset[int(p.id.rsplit("/", 1)[1])]
     assert item["question"] == p.prompt
@@ -110,9 +112,9 @@ def test_reasoning_gym_answers_score_full_marks(name):
 
 def test_generate_builtin_rejects_unknowns():
   with pytest.raises(ValueError, match="unknown built-in source 'nope'"):
-    P.generate_builtin("nope", 1, 0, "train")
+    builtin.generate("nope", 1, 0, "train")
   with pytest.raises(ValueError, match="unknown split 'test'"):
-    P.generate_builtin("easy_arithmetic", 1, 0, "test")
+    builtin.generate("easy_arithmetic", 1, 0, "test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,13 +130,13 @@ MATH500_ROWS = [
 
 def test_load_math500_like_jsonl(tmp_path):
   path = _write_jsonl(tmp_path / "math500.jsonl", MATH500_ROWS[:1] + [""] + MATH500_ROWS[1:])
-  got = P.load_problem_file(path, P.FieldMap(id="unique_id"))
+  got = records.load_problem_file(path, records.FieldMap(id="unique_id"))
   assert got == [
-      P.Problem("test/algebra/1.json", "Compute $1+1$.", "2", "It is $\\boxed{2}$.", "math500", 1),
-      P.Problem("test/algebra/2.json", "Simplify $\\frac{2}{4}$.", "\\frac{1}{2}", "$\\boxed{\\frac12}$",
+      records.Problem("test/algebra/1.json", "Compute $1+1$.", "2", "It is $\\boxed{2}$.", "math500", 1),
+      records.Problem("test/algebra/2.json", "Simplify $\\frac{2}{4}$.", "\\frac{1}{2}", "$\\boxed{\\frac12}$",
                 "math500", 3),
   ]
-  assert P.load_problem_file(path, P.MATH500_FIELDS, source="MATH-500") == [
+  assert records.load_problem_file(path, records.MATH500_FIELDS, source="MATH-500") == [
       p.__class__(**{**p.__dict__, "source": "MATH-500"}) for p in got]
 
 
@@ -150,11 +152,11 @@ def _aime_table():
 def test_load_aime_like_parquet(tmp_path):
   path = str(tmp_path / "aime_2024.parquet")
   pq.write_table(_aime_table(), path)
-  fields = P.FieldMap(id="ID", prompt="Problem", answer="Answer", solution="Solution")
-  got = P.load_problem_file(path, fields)
+  fields = records.FieldMap(id="ID", prompt="Problem", answer="Answer", solution="Solution")
+  got = records.load_problem_file(path, fields)
   assert [(p.id, p.answer, p.solution, p.level) for p in got] == [
       ("2024-I-1", "33", "x is 33", None), ("2024-I-2", "25", None, None), ("2024-II-1", "7", "z is 7", None)]
-  assert got == P.load_problem_file(path, P.AIME_FIELDS, source="aime_2024")
+  assert got == records.load_problem_file(path, records.AIME_FIELDS, source="aime_2024")
 
 
 def test_load_json_array_fallback_ids_and_number_answers(tmp_path):
@@ -164,11 +166,11 @@ def test_load_json_array_fallback_ids_and_number_answers(tmp_path):
       {"problem": "b", "answer": 0.5, "level": "Level ?"},
       {"problem": "c", "answer": -12},
   ]))
-  got = P.load_problem_file(str(path))
+  got = records.load_problem_file(str(path))
   assert [(p.id, p.answer, p.solution, p.level) for p in got] == [
       ("mixed-0", "3", None, 4), ("mixed-1", "0.5", None, None), ("mixed-2", "-12", None, None)]
   # No id column configured: every row is numbered, even rows that have an `id`.
-  assert [p.id for p in P.load_problem_file(str(path), P.FieldMap(id=None))] == ["mixed-0", "mixed-1", "mixed-2"]
+  assert [p.id for p in records.load_problem_file(str(path), records.FieldMap(id=None))] == ["mixed-0", "mixed-1", "mixed-2"]
 
 
 GOOD = {"id": "a", "problem": "p", "answer": "1"}
@@ -189,37 +191,37 @@ GOOD = {"id": "a", "problem": "p", "answer": "1"}
 ])
 def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, rows, message):
   path = _write_jsonl(tmp_path / "bad.jsonl", rows)
-  with pytest.raises(P.ProblemFileError, match=re.escape(path) + ": " + message):
-    P.load_problem_file(path)
+  with pytest.raises(records.ProblemFileError, match=re.escape(path) + ": " + message):
+    records.load_problem_file(path)
 
 
 def test_bad_parquet_row_names_row_and_field(tmp_path):
   path = str(tmp_path / "aime.parquet")
   table = _aime_table().set_column(3, "Answer", pa.array([33, None, 7], pa.int64()))
   pq.write_table(table, path)
-  with pytest.raises(P.ProblemFileError, match=re.escape(path) + r": row 1: field 'Answer': missing"):
-    P.load_problem_file(path, P.AIME_FIELDS)
+  with pytest.raises(records.ProblemFileError, match=re.escape(path) + r": row 1: field 'Answer': missing"):
+    records.load_problem_file(path, records.AIME_FIELDS)
 
 
 def test_bad_files(tmp_path):
   (tmp_path / "x.csv").write_text("a,b\n")
-  with pytest.raises(P.ProblemFileError, match="unsupported file type"):
-    P.load_problem_file(str(tmp_path / "x.csv"))
+  with pytest.raises(records.ProblemFileError, match="unsupported file type"):
+    records.load_problem_file(str(tmp_path / "x.csv"))
   (tmp_path / "x.parquet").write_bytes(b"not parquet")
-  with pytest.raises(P.ProblemFileError, match="not a readable parquet file"):
-    P.load_problem_file(str(tmp_path / "x.parquet"))
+  with pytest.raises(records.ProblemFileError, match="not a readable parquet file"):
+    records.load_problem_file(str(tmp_path / "x.parquet"))
   (tmp_path / "x.json").write_text('{"problem": "a"}')
-  with pytest.raises(P.ProblemFileError, match="expected a JSON array"):
-    P.load_problem_file(str(tmp_path / "x.json"))
-  with pytest.raises(P.ProblemFileError, match="no such file"):
-    P.load_problem_file(str(tmp_path / "missing.jsonl"))
+  with pytest.raises(records.ProblemFileError, match="expected a JSON array"):
+    records.load_problem_file(str(tmp_path / "x.json"))
+  with pytest.raises(records.ProblemFileError, match="no such file"):
+    records.load_problem_file(str(tmp_path / "missing.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------
 # The prepare stage
 
 def test_prepare_builtin_writes_manifest_and_reads_back(tmp_path):
-  directory = P.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=30, n_heldout=10, seed=1)
+  directory = prepare_lib.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=30, n_heldout=10, seed=1)
   assert directory == str(tmp_path / "problems")
   assert sorted(os.listdir(directory)) == ["heldout.jsonl", "manifest.json", "train.jsonl"]
   manifest = artifacts.read_manifest(directory, "problems")
@@ -227,60 +229,60 @@ def test_prepare_builtin_writes_manifest_and_reads_back(tmp_path):
   assert manifest["config"]["generator"]["levels"] == [1, 2, 3]
   for split, n in [("train", 30), ("heldout", 10)]:
     assert manifest["checksums"][f"{split}.jsonl"] == artifacts.sha256_file(os.path.join(directory, f"{split}.jsonl"))
-    assert P.read_problems(str(tmp_path), split) == P.generate_builtin("easy_arithmetic", n, 1, split)
+    assert prepare_lib.read_problems(str(tmp_path), split) == builtin.generate("easy_arithmetic", n, 1, split)
 
 
 def test_prepare_reuses_identical_and_refuses_different(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  P.prepare(workdir, "builtin:easy_arithmetic", n_train=20, n_heldout=5, seed=0)
+  prepare_lib.prepare(workdir, "builtin:easy_arithmetic", n_train=20, n_heldout=5, seed=0)
   before = os.stat(os.path.join(workdir, "problems", "train.jsonl")).st_mtime_ns
 
   def fail(*args):
     raise AssertionError("a complete directory must not be generated again")
 
-  monkeypatch.setitem(P.BUILTIN_SOURCES, "easy_arithmetic", fail)
-  P.prepare(workdir, "builtin:easy_arithmetic", n_train=20, n_heldout=5, seed=0)
+  monkeypatch.setitem(builtin.BUILTIN_SOURCES, "easy_arithmetic", fail)
+  prepare_lib.prepare(workdir, "builtin:easy_arithmetic", n_train=20, n_heldout=5, seed=0)
   assert os.stat(os.path.join(workdir, "problems", "train.jsonl")).st_mtime_ns == before
   with pytest.raises(artifacts.ArtifactError, match="field 'n_train' is 20 but this run expects 21"):
-    P.prepare(workdir, "builtin:easy_arithmetic", n_train=21, n_heldout=5, seed=0)
+    prepare_lib.prepare(workdir, "builtin:easy_arithmetic", n_train=21, n_heldout=5, seed=0)
   with pytest.raises(artifacts.ArtifactError, match="field 'source' is 'builtin:easy_arithmetic' but this run "
                      "expects 'builtin:easy_arithmetic_1digit'"):
-    P.prepare(workdir, "builtin:easy_arithmetic_1digit", n_train=20, n_heldout=5, seed=0)
+    prepare_lib.prepare(workdir, "builtin:easy_arithmetic_1digit", n_train=20, n_heldout=5, seed=0)
 
 
 def test_prepare_file_split_and_refuses_changed_file(tmp_path):
   rows = [{"unique_id": f"q{i}", "problem": f"p{i}", "answer": i} for i in range(10)]
   path = _write_jsonl(tmp_path / "src.jsonl", rows)
   workdir = str(tmp_path / "ws")
-  P.prepare(workdir, path, n_heldout=3, seed=5, fields=P.FieldMap(id="unique_id"))
-  train, heldout = P.read_problems(workdir, "train"), P.read_problems(workdir, "heldout")
+  prepare_lib.prepare(workdir, path, n_heldout=3, seed=5, fields=records.FieldMap(id="unique_id"))
+  train, heldout = prepare_lib.read_problems(workdir, "train"), prepare_lib.read_problems(workdir, "heldout")
   assert len(train) == 7 and len(heldout) == 3
   assert sorted(p.id for p in train + heldout) == sorted(f"q{i}" for i in range(10))
   assert [p.id for p in train] == sorted((p.id for p in train), key=lambda s: int(s[1:]))  # file order kept
   old_sha = artifacts.sha256_file(path)
   _write_jsonl(path, rows[:9])
   with pytest.raises(artifacts.ArtifactError, match=f"field 'file_sha256' is '{old_sha}' but this run expects"):
-    P.prepare(workdir, path, n_heldout=3, seed=5, fields=P.FieldMap(id="unique_id"))
+    prepare_lib.prepare(workdir, path, n_heldout=3, seed=5, fields=records.FieldMap(id="unique_id"))
   with pytest.raises(ValueError, match=r"has 9 problems, fewer than n_heldout=3 \+ n_train=7"):
-    P.prepare(str(tmp_path / "ws2"), path, n_train=7, n_heldout=3)
+    prepare_lib.prepare(str(tmp_path / "ws2"), path, n_train=7, n_heldout=3)
   with pytest.raises(ValueError, match="n_train is required"):
-    P.prepare(str(tmp_path / "ws3"), "builtin:gsm_symbolic", n_heldout=3)
+    prepare_lib.prepare(str(tmp_path / "ws3"), "builtin:gsm_symbolic", n_heldout=3)
 
 
 def test_read_problems_detects_tampering(tmp_path):
-  P.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=5, n_heldout=2)
+  prepare_lib.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=5, n_heldout=2)
   path = tmp_path / "problems" / "heldout.jsonl"
   path.write_text(path.read_text().replace('"answer": "', '"answer": "1'))
-  assert len(P.read_problems(str(tmp_path), "train")) == 5
+  assert len(prepare_lib.read_problems(str(tmp_path), "train")) == 5
   with pytest.raises(artifacts.ArtifactError, match="heldout.jsonl: sha256 is .* but the manifest says"):
-    P.read_problems(str(tmp_path), "heldout")
+    prepare_lib.read_problems(str(tmp_path), "heldout")
   with pytest.raises(artifacts.ArtifactError, match="heldout.jsonl: sha256"):
-    P.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=5, n_heldout=2)
+    prepare_lib.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=5, n_heldout=2)
 
 
 @pytest.mark.parametrize("crash_at,survivors", [(10, []), (25, ["train.jsonl"])])
 def test_crash_mid_write_leaves_no_partial_files(tmp_path, monkeypatch, crash_at, survivors):
-  encode, calls = P._encode, []
+  encode, calls = prepare_lib._encode, []
 
   def crashing_encode(problem):
     calls.append(problem)
@@ -288,19 +290,19 @@ def test_crash_mid_write_leaves_no_partial_files(tmp_path, monkeypatch, crash_at
       raise KeyboardInterrupt("killed")
     return encode(problem)
 
-  monkeypatch.setattr(P, "_encode", crashing_encode)
+  monkeypatch.setattr(prepare_lib, "_encode", crashing_encode)
   with pytest.raises(KeyboardInterrupt):
-    P.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=20, n_heldout=10)
+    prepare_lib.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=20, n_heldout=10)
   directory = tmp_path / "problems"
   assert sorted(os.listdir(directory)) == survivors  # complete files only, no temporaries, no manifest
   with pytest.raises(artifacts.ArtifactError, match="manifest.json: missing"):
-    P.read_problems(str(tmp_path), "train")
+    prepare_lib.read_problems(str(tmp_path), "train")
   # A stale temporary from a SIGKILLed run is swept, and the rerun completes.
   (directory / ".train.jsonl.abc.tmp").write_text("partial")
-  monkeypatch.setattr(P, "_encode", encode)
-  P.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=20, n_heldout=10)
+  monkeypatch.setattr(prepare_lib, "_encode", encode)
+  prepare_lib.prepare(str(tmp_path), "builtin:easy_arithmetic", n_train=20, n_heldout=10)
   assert sorted(os.listdir(directory)) == ["heldout.jsonl", "manifest.json", "train.jsonl"]
-  assert len(P.read_problems(str(tmp_path), "heldout")) == 10
+  assert len(prepare_lib.read_problems(str(tmp_path), "heldout")) == 10
 
 
 def test_prepare_tool(tmp_path):

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 import tiny_workspace
-from paced_jax import artifacts, config as config_lib, report, snr_stats, trainer
+from paced_jax import artifacts, config as config_lib
+from paced_jax.analysis import report
+from paced_jax.analysis import snr_stats
+from paced_jax.training import trainer
 from stage_fixtures import ROOT, tiny_experiment
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")

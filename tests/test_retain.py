@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from flax import nnx
 
-from paced_jax import artifacts, config as config_lib, retain, retain_sets
+from paced_jax import artifacts, config as config_lib
+from paced_jax.evaluation import retain
+from paced_jax.evaluation import retain_sets
 from stage_fixtures import load_config_file, load_student, tiny_experiment
 
 ROWS = [{"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": 1},

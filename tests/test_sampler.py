@@ -10,7 +10,9 @@ import torch
 import transformers
 from flax import nnx
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib, sampler as sampler_lib
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.sampling import sampler as sampler_lib
 from tiny_models import make_tiny_model
 
 EOS = 2

@@ -13,10 +13,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tiny_workspace
-from paced_jax import artifacts, mesh as mesh_lib, snr, snr_stats, trainer, training_data
-from paced_jax import train_step as ts
+from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax.analysis import snr
+from paced_jax.analysis import snr_stats
+from paced_jax.training import trainer
+from paced_jax.training import data as training_data
+from paced_jax.training import train_step as ts
 from paced_jax.config import MeshConfig
-from paced_jax.packing import pack
+from paced_jax.training.packing import pack
 from stage_fixtures import tiny_experiment
 
 

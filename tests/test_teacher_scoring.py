@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from paced_jax import hf_checkpoint, losses, mesh as mesh_lib, teacher_scoring as ts
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.training import losses
+from paced_jax.model import scoring as ts
 from tiny_models import make_tiny_model
 
 VALID = 96  # the tokenizer's size; "padded" models have more embedding rows
@@ -101,9 +104,8 @@ def test_k_equals_vocab_is_the_dense_distribution(teachers):
     np.testing.assert_array_equal(got["tail"], 0.0)  # every real token is in the top-k
     np.testing.assert_allclose(np.exp(got["logprobs"].astype(np.float64)).sum(-1) + got["tail"], 1.0, atol=1e-5)
   # And the losses read it as the teacher's exact distribution: FKL to the dense logits is 0.
-  signal = ts.TeacherScores(*(jnp.asarray(got[key])[None] for key in ("ids", "logprobs", "tail", "target_logprob")))
-  fkl = jax.jit(functools.partial(losses.token_divergence, kind="fkl"))(jnp.asarray(ref, jnp.float32)[None],
-                                                                         signal.signal())
+  signal = losses.TeacherSignal(*(jnp.asarray(got[key])[None] for key in ("ids", "logprobs", "tail")))
+  fkl = jax.jit(functools.partial(losses.token_divergence, kind="fkl"))(jnp.asarray(ref, jnp.float32)[None], signal)
   np.testing.assert_allclose(fkl, 0.0, atol=1e-5)
 
 

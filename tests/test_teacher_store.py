@@ -14,7 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib, teacher_build, teacher_store
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.teacher import build as teacher_build
+from paced_jax.teacher import store as teacher_store
 from paced_jax.artifacts import ArtifactError
 from tiny_models import make_tiny_model
 
@@ -88,7 +91,7 @@ def test_grain_data_source(store_dir):
 
 @pytest.mark.parametrize("dtype,rel", [("bfloat16", 2.0**-8), ("float16", 2.0**-11)])
 def test_k_equals_vocab_store_is_the_dense_distribution(teacher, tmp_path, dtype, rel):
-  from paced_jax import teacher_scoring
+  from paced_jax.model import scoring as teacher_scoring
   (_, graphdef, params), mesh = teacher
   data = items(4, seed=1)
   build(tmp_path, teacher, data, k=VALID, logprob_dtype=dtype, problems_per_shard=4)

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from paced_jax import hf_checkpoint, mesh as mesh_lib, packing, tiny_model, train_step as ts
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import hf_checkpoint
+from paced_jax.training import packing
+from paced_jax.model import tiny as tiny_model
+from paced_jax.training import train_step as ts
 
 K = 4
 

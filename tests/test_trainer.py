@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from paced_jax import pass_rate, reference, teacher_stage, trainer, training_data
-from paced_jax import train_step as ts
-from paced_jax.packing import pack
+from paced_jax.evaluation import pass_rate
+from paced_jax.teacher import reference
+from paced_jax.teacher import stage as teacher_stage
+from paced_jax.training import trainer
+from paced_jax.training import data as training_data
+from paced_jax.training import train_step as ts
+from paced_jax.training.packing import pack
+from paced_jax.sampling.sampler import Sampler
 import tiny_workspace
 from stage_fixtures import ROOT, load_student, tiny_experiment
 
@@ -55,7 +60,7 @@ def test_track_reduces_training_kl(prepared, tmp_path, track):
     examples = training_data.offline_examples(problems, data, *training_data.load_offline(cfg, teacher),
                                               student.tokenizer, cfg)
   else:
-    examples, _ = training_data.on_policy_examples(problems, data, student.sampler(), teacher, teacher.params, 0, cfg)
+    examples, _ = training_data.on_policy_examples(problems, data, Sampler.for_model(student), teacher, teacher.params, 0, cfg)
   divergence = trainer.stage_of(cfg, 0)[1]
   before = _fixed_batch_loss(cfg, student, initial, examples, divergence)
   trainer.train(cfg, student, teacher, progress=False)

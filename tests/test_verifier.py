@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from paced_jax.verifier import STRATEGIES, Grader, Verdict, VerifierConfig, extract_answer, grade
+from paced_jax.evaluation.verifier import STRATEGIES, Grader, Verdict, VerifierConfig, extract_answer, grade
 
 LENIENT = VerifierConfig(extract=STRATEGIES)
 

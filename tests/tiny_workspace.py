@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import jax
 
-from paced_jax import pass_rate, reference, teacher_stage
+from paced_jax.evaluation import pass_rate
+from paced_jax.teacher import reference
+from paced_jax.teacher import stage as teacher_stage
 from stage_fixtures import load_student, tiny_experiment
 
 _CACHE: dict = {}

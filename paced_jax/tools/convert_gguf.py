@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from paced_jax import gguf_import
+from paced_jax.model import gguf as gguf_import
 
 _GGUF = flags.DEFINE_string(
     "gguf", None, f"GGUF file; default: {gguf_import.DEMO_MEMBER} from the {gguf_import.DEMO_REQUIREMENT} wheel.")

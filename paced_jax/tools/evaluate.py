@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from absl import app, flags as absl_flags
 
-from paced_jax import artifacts, benchmarks, evaluate, loaded_model, mesh as mesh_lib, problems, retain_sets
+from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax.evaluation import benchmarks
+from paced_jax.evaluation import evaluate
+from paced_jax.model import loaded as loaded_model
+from paced_jax.problems import records
+from paced_jax.evaluation import retain_sets
 from paced_jax.tools import flags
 
 TAG = absl_flags.DEFINE_string("tag", evaluate.BASELINE_TAG, "Results go to WORKDIR/eval/<tag>/.")
@@ -26,7 +31,7 @@ def main(argv):
       retain_sets.load_retain_set(cfg.eval.retain_set)
     model = loaded_model.load(MODEL_DIR.value or cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
     result = evaluate.evaluate(cfg, model, tag=TAG.value)
-  except (problems.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
+  except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
     raise SystemExit(f"evaluate: {e}") from None
   print(evaluate.format_table(result))
   print(f"results: {evaluate.eval_dir(cfg.workdir, TAG.value)}")

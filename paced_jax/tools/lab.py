@@ -25,7 +25,9 @@ def main(argv):
   flags.enable_compilation_cache()
   if flags.CONFIG.value is None:
     raise SystemExit("--config is required, e.g. --config=configs/lab.py:smoke")
-  from paced_jax import lab_config, lab_report, lab_runner  # after flag parsing: these import jax
+  from paced_jax.lab import config as lab_config  # after flag parsing: these import jax
+  from paced_jax.lab import report as lab_report
+  from paced_jax.lab import runner as lab_runner
   try:
     lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
   except (config_lib.ConfigError, ValueError) as e:

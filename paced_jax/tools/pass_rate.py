@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from absl import app
 
-from paced_jax import loaded_model, mesh as mesh_lib, pass_rate
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import loaded as loaded_model
+from paced_jax.evaluation import pass_rate
 from paced_jax.tools import flags
 
 

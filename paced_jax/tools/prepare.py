@@ -14,12 +14,14 @@ from absl import app
 from absl import flags
 
 from paced_jax import artifacts
-from paced_jax import problems
+from paced_jax.problems import builtin
+from paced_jax.problems import prepare as prepare_lib
+from paced_jax.problems import records
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace directory.", required=True)
 _SOURCE = flags.DEFINE_string(
     "source", None,
-    f"builtin:<name> ({', '.join(sorted(problems.BUILTIN_SOURCES))}) or a .jsonl / .json / .parquet file.",
+    f"builtin:<name> ({', '.join(sorted(builtin.BUILTIN_SOURCES))}) or a .jsonl / .json / .parquet file.",
     required=True)
 _N_TRAIN = flags.DEFINE_integer("n_train", None, "Training problems (a file: default all not held out).")
 _N_HELDOUT = flags.DEFINE_integer("n_heldout", 0, "Held-out problems.")
@@ -34,18 +36,18 @@ _FIELD_LEVEL = flags.DEFINE_string("field_level", "level", "File column of a dif
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  fields = problems.FieldMap(
+  fields = records.FieldMap(
       id=_FIELD_ID.value or None, prompt=_FIELD_PROMPT.value, answer=_FIELD_ANSWER.value,
       solution=_FIELD_SOLUTION.value or None, level=_FIELD_LEVEL.value or None)
-  existed = os.path.exists(os.path.join(_WORKDIR.value, problems.SUBDIR, artifacts.MANIFEST))
+  existed = os.path.exists(os.path.join(_WORKDIR.value, prepare_lib.SUBDIR, artifacts.MANIFEST))
   try:
-    directory = problems.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
+    directory = prepare_lib.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
                                  n_heldout=_N_HELDOUT.value, seed=_SEED.value, fields=fields)
   except ValueError as e:  # bad files and refused workspaces: the message says it all
     raise SystemExit(f"prepare: {e}") from None
-  counts = artifacts.read_manifest(directory, problems.KIND)["counts"]
+  counts = artifacts.read_manifest(directory, prepare_lib.KIND)["counts"]
   print(f"{directory} ({'reused' if existed else 'written'}): "
-        + ", ".join(f"{split} {counts[split]}" for split in problems.SPLITS))
+        + ", ".join(f"{split} {counts[split]}" for split in records.SPLITS))
 
 
 if __name__ == "__main__":

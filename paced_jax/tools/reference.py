@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from absl import app
 
-from paced_jax import loaded_model, mesh as mesh_lib, reference, teacher_stage
+from paced_jax import mesh as mesh_lib
+from paced_jax.model import loaded as loaded_model
+from paced_jax.teacher import reference
+from paced_jax.teacher import stage as teacher_stage
 from paced_jax.tools import flags
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags as absl_flags
 
-from paced_jax import report
+from paced_jax.analysis import report
 from paced_jax.tools import flags
 
 WORKDIR = absl_flags.DEFINE_string("workdir", None, "The run's workdir (default: the --config's workdir).")

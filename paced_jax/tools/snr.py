@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from absl import app, flags as absl_flags
 
-from paced_jax import artifacts, loaded_model, snr, snr_stats, trainer
+from paced_jax import artifacts
+from paced_jax.model import loaded as loaded_model
+from paced_jax.analysis import snr
+from paced_jax.analysis import snr_stats
+from paced_jax.training import trainer
 from paced_jax.tools import flags
 
 TAG = absl_flags.DEFINE_string("tag", None, "Results go to WORKDIR/snr/<tag>/ (default: initial, or step<N>).")

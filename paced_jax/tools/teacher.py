@@ -33,7 +33,10 @@ def _counts(counts: dict) -> str:
 
 
 def _build() -> None:
-  from paced_jax import hf_checkpoint, mesh as mesh_lib, teacher_build, tokenization
+  from paced_jax import mesh as mesh_lib
+  from paced_jax.model import hf_checkpoint
+  from paced_jax.teacher import build as teacher_build
+  from paced_jax.model import tokenization
   if not _TEACHER.value or not _RESPONSES.value:
     raise app.UsageError("build needs --teacher and --responses")
   data, fsdp, tensor = (int(x) for x in _MESH.value)
@@ -54,7 +57,7 @@ def _build() -> None:
 
 
 def _verify() -> None:
-  from paced_jax import teacher_store
+  from paced_jax.teacher import store as teacher_store
   store = teacher_store.TeacherStore(_DIR.value, verify="none")
   counts = store.verify()
   m = store.manifest

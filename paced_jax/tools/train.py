@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from absl import app
 
-from paced_jax import loaded_model, trainer
+from paced_jax.model import loaded as loaded_model
+from paced_jax.training import trainer
 from paced_jax.tools import flags
 
 

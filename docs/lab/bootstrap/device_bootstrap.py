@@ -12,9 +12,14 @@ sys.path.insert(0, os.getcwd())
 import jax, flax
 print("jax", jax.__version__, "flax", flax.__version__, jax.devices(), flush=True)
 import numpy as np
-from paced_jax import (config as config_lib, lab_bootstrap, lab_config, lab_tasks, loaded_model, mesh as mesh_lib,
-                       prompts as prompts_lib)
-from paced_jax.sampler import SamplingConfig
+from paced_jax import config as config_lib, mesh as mesh_lib
+from paced_jax.lab import bootstrap as lab_bootstrap
+from paced_jax.lab import config as lab_config
+from paced_jax.problems import lab_arithmetic as lab_tasks
+from paced_jax.model import loaded as loaded_model
+from paced_jax.problems import prompts as prompts_lib
+from paced_jax.config import SamplingConfig
+from paced_jax.sampling.sampler import Sampler
 spec = importlib.util.spec_from_file_location("labcfg", "configs/lab.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 lab = config_lib.to_dataclass(lab_config.LabConfig, m.get_config(os.environ.get("VARIANT", "full")))
@@ -42,7 +47,7 @@ summary = {}
 for name, d in dirs.items():
   model = loaded_model.load(d, mesh)
   tok = model.tokenizer
-  roll = model.sampler().generate([prompts_lib.student_prompt(tok, q, lab.experiment.prompts) for q in train], sc,
+  roll = Sampler.for_model(model).generate([prompts_lib.student_prompt(tok, q, lab.experiment.prompts) for q in train], sc,
                                   progress=False)
   hist = collections.defaultdict(lambda: [0] * (K + 1))
   for q, rs in zip(train, roll):

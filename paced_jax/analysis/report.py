@@ -1,0 +1,375 @@
+"""Run report: WORKDIR/report/report.md + PNG plots from what the stages wrote (DESIGN.md section 1).
+
+Sections: configuration, pass rates, weights w(p), training curves, evaluation table (rows = runs
+or checkpoints, columns = benchmarks, cells mean +- SE in %, as in the paper's tables),
+forgetting, gradient SNR. A section whose inputs are missing says so in one line. Other runs'
+workdirs (`compare`) add rows to the evaluation and forgetting tables and curves to one loss plot.
+Images live next to report.md; every file is written atomically, and images a previous build
+made that this one did not are removed, so the directory matches the markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from paced_jax import artifacts
+from paced_jax.training import weights as weights_lib
+
+CONFIG_FILE = "config.json"
+BASE_TAG, FINAL_TAG = "initial", "final"
+MISSING = "–"
+
+
+@dataclasses.dataclass
+class Run:
+  workdir: str
+  name: str
+  config: dict | None
+  metrics: list[dict] | None
+  evals: dict[str, dict[str, dict]]   # tag -> benchmark -> summary, tags in report order
+  retain: dict[str, dict]             # tag -> retain.json
+
+
+def _read_json(path: str) -> Any:
+  try:
+    return artifacts.read_json(path)
+  except artifacts.ArtifactError:
+    return None
+
+
+def _get(tree: dict | None, dotted: str, default: Any = MISSING) -> Any:
+  for key in dotted.split("."):
+    if not isinstance(tree, dict) or key not in tree:
+      return default
+    tree = tree[key]
+  return tree
+
+
+def _tag_key(tag: str):
+  order = 0 if tag == BASE_TAG else 2 if tag == FINAL_TAG else 1
+  return order, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", tag)]
+
+
+def load_run(workdir: str) -> Run:
+  """Everything the report reads from one workdir; absent or unreadable pieces are None / empty."""
+  config = _read_json(os.path.join(workdir, CONFIG_FILE))
+  if isinstance(config, dict) and "train" not in config and isinstance(config.get("config"), dict):
+    config = config["config"]  # tolerate a wrapper {"config": {...}, ...}
+  config = config if isinstance(config, dict) else None
+  metrics_path = os.path.join(workdir, "metrics", "train.jsonl")
+  metrics = None
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      metrics = [json.loads(line) for line in f if line.strip()] or None
+  evals, retain = {}, {}
+  for d in sorted(glob.glob(os.path.join(workdir, "eval", "*", "")), key=lambda d: _tag_key(os.path.basename(d[:-1]))):
+    tag = os.path.basename(d[:-1])
+    benches = {}
+    for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+      s = _read_json(path)
+      if os.path.basename(path) == "retain.json":
+        if isinstance(s, dict) and s.get("accuracy") is not None:
+          retain[tag] = s
+      elif isinstance(s, dict) and "accuracy" in s and os.path.basename(path) != artifacts.MANIFEST:
+        benches[s.get("benchmark") or os.path.basename(path)[:-5]] = s
+    if benches:
+      evals[tag] = benches
+  scheme, loss = _get(config, "weights.scheme", None), _get(config, "train.loss", None)
+  name = f"{scheme} / {loss}" if scheme and loss else os.path.basename(os.path.normpath(workdir))
+  return Run(workdir, name, config, metrics, evals, retain)
+
+
+def _pct(x) -> str:
+  return MISSING if x is None else f"{100 * x:.1f}"
+
+
+def format_cell(summary: dict | None, show_k: bool = False) -> str:
+  """'mean ± SE' in % (one decimal); the mean alone if SE is undefined; '–' if absent."""
+  if not summary or summary.get("accuracy") is None:
+    return MISSING
+  cell = _pct(summary["accuracy"]) + ("" if summary.get("se") is None else f" ± {_pct(summary['se'])}")
+  return cell + (f" (k={summary.get('k')})" if show_k else "")
+
+
+def eval_table(rows: Sequence[tuple[str, dict[str, dict]]]) -> list[str]:
+  """Markdown table: one row per (label, benchmark -> summary), one column per benchmark."""
+  names = list(dict.fromkeys(b for _, benches in rows for b in benches))
+  if not names:
+    return ["No benchmark results in these runs."]
+  ks = {b: {s.get("k") for _, benches in rows for n, s in benches.items() if n == b} for b in names}
+  header = [f"{b} (mean@{next(iter(ks[b]))})" if len(ks[b]) == 1 else b for b in names]
+  lines = ["| run | " + " | ".join(header) + " |", "|---" * (len(names) + 1) + "|"]
+  for label, benches in rows:
+    lines.append(f"| {label} | " + " | ".join(format_cell(benches.get(b), len(ks[b]) > 1) for b in names) + " |")
+  return lines
+
+
+def _result_tag(run: Run) -> str | None:
+  """The tag that stands for a run's result: final, else its last tag (tags are in report order)."""
+  return FINAL_TAG if FINAL_TAG in run.evals else (list(run.evals)[-1] if run.evals else None)
+
+
+class _Writer:
+  def __init__(self, out_dir: str):
+    self.out, self.lines, self.images = out_dir, [], []
+
+  def add(self, *lines: str) -> None:
+    for line in lines:
+      if line or (self.lines and self.lines[-1]):  # one blank line between blocks, never two
+        self.lines.append(line)
+
+  def section(self, title: str) -> None:
+    self.add("", f"## {title}", "")
+
+  def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    self.add("| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), "")
+
+  def figure(self, name: str, fig: Figure, alt: str) -> None:
+    fig.tight_layout()
+    with artifacts.atomic_open(os.path.join(self.out, name), "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
+    self.images.append(name)
+    self.add("", f"![{alt}]({name})", "")
+
+  def copy_image(self, name: str, source: str, alt: str) -> None:
+    with open(source, "rb") as f:
+      artifacts.write_bytes(os.path.join(self.out, name), f.read())
+    self.images.append(name)
+    self.add("", f"![{alt}]({name})", "")
+
+
+def _config_section(w: _Writer, run: Run) -> None:
+  w.section("Configuration")
+  if run.config is None:
+    w.add(f"{CONFIG_FILE}: missing (the pipeline writes WORKDIR/{CONFIG_FILE}).")
+    return
+  c = run.config
+  fields = ["student", "teacher", "track", "problems.source", "problems.n_train", "pass_rate.sampling.num_samples",
+            "weights.scheme", "weights.alpha", "weights.beta", "weights.norm", "weights.keep_zero_weight",
+            "weights.posterior_mean", "train.loss", "train.steps", "train.batch_size", "train.lr", "train.schedule",
+            "train.seq_len", "eval.benchmarks", "eval.sampling.num_samples", "eval.retain_set"]
+  show = lambda v: "(empty)" if v == "" else f"`{v}`"
+  w.table(["field", "value"], [(f, show(_get(c, f))) for f in fields])
+  w.add("", "<details><summary>full configuration</summary>", "", "```json", json.dumps(c, indent=2), "```",
+        "", "</details>")
+
+
+def _pass_rate_section(w: _Writer, run: Run) -> list[int] | None:
+  w.section("Pass rates")
+  rounds = sorted(glob.glob(os.path.join(run.workdir, "pass_rates", "*", artifacts.MANIFEST)))
+  manifest = _read_json(rounds[0]) if rounds else None
+  hist = manifest.get("histogram") if isinstance(manifest, dict) else None
+  if not hist:
+    w.add("pass_rates/0000: missing (run the pass_rate stage).")
+    return None
+  K = len(hist) - 1
+  total = max(sum(hist), 1)
+  w.add(f"Round 0: {sum(hist)} problems, K = {K} rollouts each, mean p = {manifest.get('mean_p', float('nan')):.3f}.")
+  fig = Figure(figsize=(6, 3.2))
+  ax = fig.add_subplot()
+  ax.bar(np.arange(K + 1) / K, hist, width=0.8 / K, color="C0")
+  ax.set(xlabel="pass rate p = correct / K", ylabel="problems", title="initial student pass rates")
+  w.figure("pass_rates.png", fig, "pass-rate histogram")
+  w.table(["p", "correct", "problems", "share"], [(f"{c / K:.3f}", c, n, f"{100 * n / total:.1f}%")
+                                                  for c, n in enumerate(hist)])
+  for path in rounds[1:]:
+    m = _read_json(path) or {}
+    w.add("", f"Round {int(os.path.basename(os.path.dirname(path)))} (recomputed): histogram {m.get('histogram')}, "
+          f"mean p = {m.get('mean_p', float('nan')):.3f}.")
+  return hist
+
+
+def _weight_config(run: Run) -> tuple[weights_lib.WeightConfig, str]:
+  given = _get(run.config, "weights", None)
+  if not isinstance(given, dict):
+    return weights_lib.WeightConfig(), " (config missing: default weight settings)"
+  known = {f.name for f in dataclasses.fields(weights_lib.WeightConfig)}
+  return weights_lib.WeightConfig(**{k: v for k, v in given.items() if k in known}), ""
+
+
+def _weights_section(w: _Writer, run: Run, hist: list[int] | None) -> None:
+  w.section("Weights w(p)")
+  if hist is None:
+    w.add("Needs the pass-rate histogram: missing.")
+    return
+  wc, note = _weight_config(run)
+  K = len(hist) - 1
+  counts = np.asarray(hist, np.float64)
+  raw = weights_lib.raw_weights(np.arange(K + 1), K, wc)
+  keep = np.ones(K + 1, bool) if wc.keep_zero_weight else raw > 0
+  kept, dropped = int(counts[keep].sum()), int(counts[~keep].sum())
+  mean = (counts * raw)[keep].sum() / max(kept, 1)
+  normed = raw / mean if wc.norm == "dataset_mean" and mean > 0 else raw
+  w_kept = np.repeat(normed[keep], counts[keep].astype(int))
+  ess = w_kept.sum() ** 2 / max((w_kept ** 2).sum(), 1e-30)
+  w.add(f"Scheme `{wc.scheme}` (alpha {wc.alpha}, beta {wc.beta}, norm `{wc.norm}`, posterior mean "
+        f"{wc.posterior_mean}){note}: {kept} of {kept + dropped} problems kept, {dropped} dropped (w = 0); "
+        f"dataset ESS {ess:.1f} of {kept}.")
+  fig = Figure(figsize=(6, 3.2))
+  ax = fig.add_subplot()
+  bars = ax.twinx()
+  p = np.arange(K + 1) / K
+  bars.bar(p[keep], counts[keep], width=0.6 / K, color="C2", alpha=0.3, label="kept")
+  bars.bar(p[~keep], counts[~keep], width=0.6 / K, color="grey", alpha=0.3, label="dropped")
+  bars.set_ylabel("problems")
+  ax.plot(p, normed, "o-", color="C1", label=f"w(p) ({wc.norm})")
+  ax.set(xlabel="pass rate p", ylabel="weight", title="problem weight and pass-rate counts")
+  ax.set_zorder(bars.get_zorder() + 1)
+  ax.patch.set_visible(False)
+  ax.legend(loc="upper left", fontsize=8)
+  bars.legend(loc="upper right", fontsize=8)
+  w.figure("weights.png", fig, "weight curve")
+  w.table(["p", "problems", "w raw", f"w ({wc.norm})", "kept"],
+          [(f"{p[c]:.3f}", int(counts[c]), f"{raw[c]:.4f}", f"{normed[c]:.4f}", "yes" if keep[c] else "no")
+           for c in range(K + 1)])
+
+
+def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+  return (np.asarray([s for s, _ in pts]), np.asarray([v for _, v in pts], np.float64)) if pts else (np.zeros(0),) * 2
+
+
+def _training_section(w: _Writer, run: Run, compare: Sequence[Run]) -> None:
+  w.section("Training")
+  m = run.metrics
+  if not m:
+    w.add("metrics/train.jsonl: missing (run the train stage).")
+    return
+  switches = [r["step"] - 0.5 for prev, r in zip(m, m[1:]) if r.get("stage") != prev.get("stage")]
+  fig = Figure(figsize=(9, 6))
+  for i, (key, label) in enumerate([("loss", "weighted loss"), ("fkl", "forward KL / token"),
+                                    ("rkl", "reverse KL / token"), ("ess", "ESS of batch weights")]):
+    ax = fig.add_subplot(2, 2, i + 1)
+    ax.plot(*_series(m, key), ".-")
+    for x in switches:
+      ax.axvline(x, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="step", title=label)
+  w.figure("training.png", fig, "training curves")
+  G = max(len(r.get("bucket_count") or []) for r in m)
+  if G:
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot()
+    for b in range(G):
+      pts = [(r["step"], r["bucket_loss"][b]) for r in m
+             if len(r.get("bucket_count") or []) == G and r["bucket_count"][b]]
+      if pts:
+        ax.plot(*zip(*pts), ".-", label=f"p = {b}/{G - 1}")
+    ax.set(xlabel="step", ylabel="mean sequence loss", title="loss per pass-rate bucket")
+    ax.legend(fontsize=7, ncol=2)
+    w.figure("bucket_loss.png", fig, "loss per pass-rate bucket")
+  total = lambda key: sum(r.get(key) or 0 for r in m)
+  num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else MISSING
+  tps = [r["tokens_per_s"] for r in m if r.get("tokens_per_s")]
+  w.table(["steps", "first loss", "last loss", "skipped", "dropped sequences", "tokens", "median tokens/s", "seconds"],
+          [(m[-1]["step"], num(m[0].get("loss")), num(m[-1].get("loss")), int(total("skipped")),
+            int(total("dropped_sequences")), int(total("tokens")), f"{np.median(tps):.0f}" if tps else MISSING,
+            f"{total('seconds'):.0f}")])
+  others = [r for r in compare if r.metrics]
+  if others:
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot()
+    for r in [run, *others]:
+      ax.plot(*_series(r.metrics, "loss"), label=r.name)
+    ax.set(xlabel="step", ylabel="weighted loss", title="training loss by run")
+    ax.legend(fontsize=8)
+    w.figure("training_compare.png", fig, "training loss by run")
+
+
+def _eval_section(w: _Writer, run: Run, compare: Sequence[Run]) -> None:
+  w.section("Evaluation")
+  if not run.evals and not any(r.evals for r in compare):
+    w.add(f"eval/: missing{' in every run' if compare else ''} (run the evaluate stage).")
+    return
+  if run.evals:
+    w.add("Accuracy mean@k in % ± standard error over problems, by checkpoint tag:", "")
+    w.add(*eval_table(list(run.evals.items())), "")
+  if compare:
+    rows = [(f"base ({BASE_TAG})", run.evals[BASE_TAG])] if BASE_TAG in run.evals else []
+    for r in [run, *compare]:
+      tag = _result_tag(r)
+      rows.append((f"{r.name} ({tag or 'no evaluation'})", r.evals.get(tag, {})))
+    w.add("", "Runs compared (each run's final evaluation, else its latest):", "")
+    w.add(*eval_table(rows), "")
+
+
+def _forgetting_section(w: _Writer, runs: Sequence[Run]) -> None:
+  w.section("Forgetting (retain set)")
+  rows = []
+  for r in runs:
+    later = [t for t in r.retain if t != BASE_TAG]
+    after_tag = FINAL_TAG if FINAL_TAG in r.retain else (later[-1] if later else None)
+    if BASE_TAG not in r.retain or after_tag is None:
+      continue
+    before, after = r.retain[BASE_TAG]["accuracy"], r.retain[after_tag]["accuracy"]
+    rel = (before - after) / before if before > 0 else None
+    rows.append((r.name, _pct(before), f"{_pct(after)} ({after_tag})", f"{100 * (before - after):.1f}",
+                 MISSING if rel is None else f"{100 * rel:.1f}%"))
+  if not rows:
+    w.add(f"retain.json before ({BASE_TAG}) and after training: missing (set config.eval.retain_set).")
+    return
+  w.table(["run", "before (%)", "after (%)", "drop (points)", "relative drop"], rows)
+
+
+def _snr_section(w: _Writer, run: Run) -> None:
+  w.section("Gradient SNR")
+  csvs = glob.glob(os.path.join(run.workdir, "snr", "*", "snr.csv"))
+  tags = sorted(os.path.basename(os.path.dirname(p)) for p in csvs)
+  if not tags:
+    w.add("snr/: missing (run `python -m paced_jax.tools.snr`).")
+    return
+  for tag in tags:
+    directory = os.path.join(run.workdir, "snr", tag)
+    manifest = _read_json(os.path.join(directory, artifacts.MANIFEST)) or {}
+    what = (f"Divergence `{manifest['divergence']}` on `{manifest['source']}` sequences, gradients "
+            f"{'count-sketched' if manifest.get('projection') == 'count_sketch' else 'kept'} to D = {manifest['dim']}"
+            if all(k in manifest for k in ("divergence", "source", "dim")) else "Settings unknown (no manifest)")
+    w.add(f"### {tag}", "", f"{what}. Interval: bootstrap over the bin's problems. An SNR near the noise floor "
+          "is what n problems of pure noise would give.")
+    if os.path.exists(os.path.join(directory, "snr.png")):
+      w.copy_image(f"snr_{tag}.png", os.path.join(directory, "snr.png"), f"gradient SNR ({tag})")
+    with open(os.path.join(directory, "snr.csv"), newline="") as f:
+      rows = list(csv.DictReader(f))
+    num = lambda x: f"{float(x):.3g}" if x else MISSING
+    w.table(["p", "n", "SNR", "interval", "noise floor", "w (norm.)"],
+            [(num(r["p"]), r["n"], num(r["snr"]), f"[{num(r['lo'])}, {num(r['hi'])}]" if r["lo"] else MISSING,
+              num(r["noise_floor"]), num(r["w"])) for r in rows])
+
+
+def build_report(workdir: str, *, compare: Sequence[str] = ()) -> str:
+  """Write WORKDIR/report/report.md and its plots; returns the markdown's path."""
+  out = os.path.join(workdir, "report")
+  os.makedirs(out, exist_ok=True)
+  run = load_run(workdir)
+  others = [load_run(d) for d in compare]
+  seen: dict[str, int] = {}
+  for r in [run, *others]:  # identical method names would make rows ambiguous
+    seen[r.name] = seen.get(r.name, 0) + 1
+  for r in [run, *others]:
+    if seen[r.name] > 1:
+      r.name = f"{r.name} ({os.path.basename(os.path.normpath(r.workdir))})"
+  w = _Writer(out)
+  w.add(f"# PACED run report: {run.name}", "", f"Workdir `{os.path.abspath(workdir)}`"
+        + (f"; compared with {', '.join(f'`{r.workdir}`' for r in others)}." if others else "."))
+  _config_section(w, run)
+  hist = _pass_rate_section(w, run)
+  _weights_section(w, run, hist)
+  _training_section(w, run, others)
+  _eval_section(w, run, others)
+  _forgetting_section(w, [run, *others])
+  _snr_section(w, run)
+  path = os.path.join(out, "report.md")
+  with artifacts.atomic_open(path) as f:
+    f.write("\n".join(w.lines) + "\n")
+  for stale in set(map(os.path.basename, glob.glob(os.path.join(out, "*.png")))) - set(w.images):
+    os.unlink(os.path.join(out, stale))
+  return path

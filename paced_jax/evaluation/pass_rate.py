@@ -1,0 +1,125 @@
+"""Pass-rate stage: K student rollouts per training problem, graded -> WORKDIR/pass_rates/<round>/.
+
+Problems are processed in fixed chunks; each finished chunk is written atomically under
+`parts/`, so a killed run redoes at most one chunk. Rollout randomness is keyed by problem id
+(sampler.py), so a resumed run writes byte-for-byte the file an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+
+from paced_jax import artifacts
+from paced_jax.problems import prompts as prompts_lib
+from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.model.loaded import LoadedModel
+from paced_jax.problems.prepare import read_problems
+from paced_jax.problems.records import Problem
+from paced_jax.evaluation.verifier import Grader
+from paced_jax.sampling.sampler import Sampler
+
+KIND = "pass_rates"
+RECORDS = "pass_rates.jsonl"
+CHUNK_PROBLEMS = 32
+
+
+def round_dir(workdir: str, round_: int) -> str:
+  return os.path.join(workdir, "pass_rates", f"{round_:04d}")
+
+
+def problem_key(problem_id: str) -> int:
+  """A stable 31-bit sampling key per problem id."""
+  return int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems_sha: str) -> dict:
+  pr = cfg.pass_rate
+  return {"round": round_, "student_fingerprint": student.fingerprint, "K": pr.sampling.num_samples,
+          "sampling": pr.sampling.identity(), "verifier_extract": list(cfg.verifier.extract),
+          "prompts": to_json(cfg.prompts), "problems_sha256": problems_sha}
+
+
+def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
+                   grader: Grader) -> list[dict]:
+  pr = cfg.pass_rate
+  tok = student.tokenizer
+  prompt_ids = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
+  rollouts = Sampler.for_model(student, params).generate(prompt_ids, pr.sampling, prompt_keys=[problem_key(p.id) for p in problems],
+                                               progress="rollouts")
+  texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
+  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(pr.sampling.num_samples)])
+  K = pr.sampling.num_samples
+  records = []
+  for i, problem in enumerate(problems):
+    verdicts = flat[i * K:(i + 1) * K]
+    correct = sum(v.correct for v in verdicts)
+    records.append({
+        "id": problem.id, "K": K, "correct": correct, "p": correct / K,
+        "lengths": [int(len(r.tokens)) for r in rollouts[i]],
+        "finished": [bool(r.finished) for r in rollouts[i]],
+        "extracted": [v.extracted for v in verdicts],
+        "responses": texts[i][:pr.keep_responses],
+    })
+  return records
+
+
+def histogram(correct: Sequence[int], K: int) -> list[int]:
+  return np.bincount(np.asarray(correct, np.int64), minlength=K + 1).tolist()
+
+
+def format_histogram(counts: Sequence[int], width: int = 40) -> str:
+  K = len(counts) - 1
+  top = max(max(counts), 1)
+  return "\n".join(f"  p={c / K:5.3f} ({c}/{K}) {n:6d} {'#' * round(width * n / top)}" for c, n in enumerate(counts))
+
+
+def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params: nnx.State | None = None,
+        fingerprint: str | None = None) -> str:
+  """Write (or resume, or reuse) `pass_rates/<round>/`; returns its directory.
+
+  `params` / `fingerprint` give the current student for recomputation rounds; by default the
+  loaded (initial) student is used.
+  """
+  directory = round_dir(cfg.workdir, round_)
+  problems = read_problems(cfg.workdir, "train")
+  problems_sha = artifacts.read_manifest(os.path.join(cfg.workdir, "problems"), "problems")["checksums"]["train.jsonl"]
+  expected = _expected(cfg, student, round_, problems_sha)
+  if fingerprint is not None:
+    expected["student_fingerprint"] = fingerprint
+  if os.path.exists(os.path.join(directory, artifacts.MANIFEST)):
+    manifest = artifacts.read_manifest(directory, KIND)
+    artifacts.expect_fields(os.path.join(directory, artifacts.MANIFEST), manifest, expected)
+    return directory
+
+  chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
+  current = params if params is not None else student.params
+  with Grader(cfg.verifier) as grader:
+    records_path = artifacts.write_jsonl_in_parts(
+        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader), expected,
+        desc=f"pass rates (round {round_})")
+  records = read_records(directory, check=False)
+  K = cfg.pass_rate.sampling.num_samples
+  counts = histogram([r["correct"] for r in records], K)
+  artifacts.write_manifest(directory, KIND, **expected, counts={"problems": len(records)}, histogram=counts,
+                           mean_p=float(np.mean([r["p"] for r in records])) if records else 0.0,
+                           checksums={RECORDS: artifacts.sha256_file(records_path)})
+  print(f"pass rates (round {round_}) of {len(records)} problems, K={K}:\n{format_histogram(counts)}")
+  return directory
+
+
+def read_records(directory: str, check: bool = True) -> list[dict]:
+  """The per-problem records; with `check`, the manifest and checksum are verified first."""
+  if check:
+    return artifacts.read_jsonl_checked(directory, RECORDS, KIND)
+  return artifacts.read_jsonl_lines(os.path.join(directory, RECORDS))
+
+
+def latest_round(workdir: str) -> int | None:
+  done = sorted(glob.glob(os.path.join(workdir, "pass_rates", "*", artifacts.MANIFEST)))
+  return int(os.path.basename(os.path.dirname(done[-1]))) if done else None

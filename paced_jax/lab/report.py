@@ -1,0 +1,292 @@
+"""The method lab's report: WORKDIR/report/lab.md, results.json and plots, from what the runs wrote.
+
+One table per track, in the layout of the paper's tables: a row per method (the initial student
+and the teacher first), a column per difficulty level, then all levels together and the
+forgetting on the solved set; cells are mean +- standard error over seeds, in %. The base rows
+have no seeds: their +- is the standard error over problems. Runs still missing leave their
+cells out ('n=' says how many seeds a cell averages). Also: the initial student's pass-rate
+histogram per level, the gradient SNR per track, accuracy per level and training-loss plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from paced_jax import artifacts
+from paced_jax.evaluation import evaluate
+from paced_jax.lab import config as lab_config
+from paced_jax.lab import runner as lab_runner
+from paced_jax.problems import prepare as prepare_lib
+
+MISSING = "–"
+
+
+def _read(path: str):
+  try:
+    return artifacts.read_json(path)
+  except artifacts.ArtifactError:
+    return None
+
+
+def level_accuracy(workdir: str, tag: str, levels: dict[str, int]) -> dict[str, float] | None:
+  """Held-out mean@k per level (keys '1'..) and over all ('all') of one evaluation, or None."""
+  path = os.path.join(evaluate.eval_dir(workdir, tag), "heldout.responses.jsonl")
+  if not os.path.exists(path):
+    return None
+  by_level: dict[str, list[float]] = {}
+  for r in evaluate.read_responses(path):
+    by_level.setdefault(str(levels.get(r["id"], 0)), []).append(r["correct"] / r["k"])
+  out = {lv: float(np.mean(v)) for lv, v in sorted(by_level.items(), key=lambda kv: int(kv[0]))}
+  out["all"] = float(np.mean([x for v in by_level.values() for x in v]))
+  return out
+
+
+def _solved_accuracy(workdir: str, tag: str) -> float | None:
+  s = _read(os.path.join(evaluate.eval_dir(workdir, tag), f"{lab_runner.SOLVED}.json"))
+  return None if s is None else s.get("accuracy")
+
+
+def mean_se(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+  """(mean, standard error over the values, n); SE is None for fewer than 2 values."""
+  x = np.asarray([v for v in values if v is not None], np.float64)
+  if not x.size:
+    return None, None, 0
+  return float(x.mean()), (float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else None), int(x.size)
+
+
+def _cell(stat: tuple[float | None, float | None, int], show_n: bool = False, scale: float = 100.0) -> str:
+  mean, se, n = stat
+  if mean is None:
+    return MISSING
+  text = f"{scale * mean:.1f}" + ("" if se is None else f" ± {scale * se:.1f}")
+  return text + (f" (n={n})" if show_n else "")
+
+
+def collect(workdir: str) -> dict:
+  """All numbers of the lab: config, per-run per-level accuracies, base rows, timings."""
+  lab_json = _read(os.path.join(workdir, "lab.json")) or {}
+  shared = os.path.join(workdir, "shared")
+  levels = {p.id: p.level for p in prepare_lib.read_problems(shared, "heldout")} if os.path.exists(
+      os.path.join(shared, "problems", artifacts.MANIFEST)) else {}
+  base = {}
+  for tag in (evaluate.BASELINE_TAG, lab_runner.TEACHER_TAG):
+    acc = level_accuracy(shared, tag, levels)
+    if acc is not None:
+      base[tag] = {"levels": acc, "solved": _solved_accuracy(shared, tag), "se": _problem_se(shared, tag, levels)}
+  runs = []
+  for record_path in sorted(glob.glob(os.path.join(workdir, "runs", "*", "*", "seed*", lab_runner.RUN_RECORD))):
+    d = os.path.dirname(record_path)
+    record = artifacts.read_json(record_path)
+    initial = base.get(evaluate.BASELINE_TAG, {}).get("solved")
+    after = _solved_accuracy(d, "final")
+    runs.append({**record, "levels": level_accuracy(d, "final", levels),
+                 "forgetting": None if initial is None or after is None else initial - after,
+                 "solved": after, "workdir": d})
+  return {"config": lab_json, "base": base, "runs": runs, "level_names": sorted({str(v) for v in levels.values()},
+                                                                                key=int)}
+
+
+def _problem_se(workdir: str, tag: str, levels: dict[str, int]) -> dict[str, float | None]:
+  path = os.path.join(evaluate.eval_dir(workdir, tag), "heldout.responses.jsonl")
+  by_level: dict[str, list[float]] = {}
+  for r in evaluate.read_responses(path):
+    x = r["correct"] / r["k"]
+    by_level.setdefault(str(levels.get(r["id"], 0)), []).append(x)
+    by_level.setdefault("all", []).append(x)
+  return {lv: mean_se(v)[1] for lv, v in by_level.items()}
+
+
+def track_table(data: dict, track: str) -> list[str]:
+  """Markdown rows of one track: base rows, then each method (mean ± SE over seeds, %)."""
+  names = data["level_names"]
+  header = ["method"] + [f"L{lv}" for lv in names] + ["all levels", "solved-set drop (points)", "seeds"]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  for tag, label in ((evaluate.BASELINE_TAG, "base (initial student)"), (lab_runner.TEACHER_TAG, "teacher")):
+    b = data["base"].get(tag)
+    if b is None or (tag == lab_runner.TEACHER_TAG and track == "self_distill"):
+      continue
+    cells = [_cell((b["levels"].get(lv), b["se"].get(lv), 1)) for lv in names + ["all"]]
+    drop = "0.0" if tag == evaluate.BASELINE_TAG else MISSING
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {drop} | – |")
+  methods = data["config"].get("methods") or sorted({r["method"] for r in data["runs"]})
+  for method in methods:
+    runs = [r for r in data["runs"] if r["track"] == track and r["method"] == method and r["levels"]]
+    if not runs:
+      continue
+    cells = [_cell(mean_se([r["levels"].get(lv) for r in runs])) for lv in names + ["all"]]
+    drop = _cell(mean_se([r["forgetting"] for r in runs]))
+    lines.append(f"| {lab_config.method_label(method)} | " + " | ".join(cells) + f" | {drop} | {len(runs)} |")
+  return lines
+
+
+def overview_table(data: dict, tracks: Sequence[str]) -> list[str]:
+  """All-level accuracy per method (rows) and track (columns), with the paired per-seed
+  difference to uniform weighting (same seed, same evaluation samples), in points."""
+  header = ["method"] + [f"{t}: all levels" for t in tracks] + [f"{t}: vs uniform" for t in tracks]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  run = {(r["track"], r["method"], r["seed"]): r for r in data["runs"] if r["levels"]}
+  for method in data["config"].get("methods", []):
+    cells, deltas = [], []
+    for t in tracks:
+      mine = [r for (tr, m, _), r in run.items() if tr == t and m == method]
+      cells.append(_cell(mean_se([r["levels"]["all"] for r in mine]), show_n=True))
+      pairs = [r["levels"]["all"] - run[(t, "uniform", r["seed"])]["levels"]["all"] for r in mine
+               if (t, "uniform", r["seed"]) in run]
+      deltas.append(MISSING if method == "uniform" else _cell(mean_se(pairs)))
+    lines.append(f"| {lab_config.method_label(method)} | " + " | ".join(cells + deltas) + " |")
+  return lines
+
+
+def bootstrap_lines(workdir: str) -> list[str]:
+  rows = []
+  for role in ("teacher", "student"):
+    manifest = _read(os.path.join(workdir, "models", role, artifacts.MANIFEST))
+    if not manifest:
+      continue
+    spec = manifest.get("spec", {})
+    log = os.path.join(workdir, "models", f"{role}.train.jsonl")
+    last = artifacts.read_jsonl_lines(log)[-1] if os.path.exists(log) else {}
+    rows.append(f"| {role} | {spec.get('family')} | {spec.get('layers')} | {spec.get('hidden')} | "
+                f"{spec.get('steps')} | {last.get('loss', float('nan')):.4f} | {manifest.get('seconds', 0):.0f} |")
+  if not rows:
+    return []
+  b = (_read(os.path.join(workdir, "models", "teacher", artifacts.MANIFEST)) or {}).get("bootstrap", {})
+  return ["## Bootstrap", "", f"Trained from scratch with the PACED train step on one-hot targets (k = 1), "
+          f"{b.get('batch_size')} worked solutions per step, lr {b.get('lr')} (cosine), "
+          f"{b.get('hint_fraction')} of them with the self-distillation context.", "",
+          "| model | family | layers | d | steps | final loss | seconds |", "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+TRACK_TITLES = {"distill": "Distillation (teacher -> student, forward KL on teacher references)",
+                "self_distill": "Self-distillation (on-policy, reverse KL, frozen initial student with privileged context)",
+                "two_stage": "Two-stage (forward KL on teacher references, then reverse KL on-policy)"}
+
+
+def _plot_levels(data: dict, tracks: Sequence[str], path: str) -> None:
+  names = data["level_names"]
+  fig = Figure(figsize=(5 * len(tracks), 3.8))
+  for i, track in enumerate(tracks):
+    ax = fig.add_subplot(1, len(tracks), i + 1)
+    x = np.arange(len(names))
+    if evaluate.BASELINE_TAG in data["base"]:
+      ax.plot(x, [100 * data["base"][evaluate.BASELINE_TAG]["levels"].get(lv, np.nan) for lv in names], "k--",
+              label="initial student")
+    for method in data["config"].get("methods", []):
+      runs = [r for r in data["runs"] if r["track"] == track and r["method"] == method and r["levels"]]
+      if runs:
+        stats = [mean_se([r["levels"].get(lv) for r in runs]) for lv in names]
+        ax.errorbar(x, [100 * s[0] for s in stats], yerr=[100 * (s[1] or 0) for s in stats], marker="o", ms=3,
+                    capsize=2, label=lab_config.method_label(method))
+    ax.set(xticks=x, xticklabels=[f"L{lv}" for lv in names], ylabel="held-out accuracy (%)", title=track)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  with artifacts.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
+def _plot_histogram(hist: dict[int, list[int]], path: str) -> None:
+  K = len(next(iter(hist.values()))) - 1
+  fig = Figure(figsize=(6.5, 3.6))
+  ax = fig.add_subplot()
+  bottom = np.zeros(K + 1)
+  for level, counts in hist.items():
+    ax.bar(np.arange(K + 1), counts, bottom=bottom, label=f"L{level}")
+    bottom += counts
+  ax.set(xticks=np.arange(K + 1), xticklabels=[f"{c}/{K}" for c in range(K + 1)], xlabel="correct rollouts of K",
+         ylabel="training problems", title="initial student's pass rates, by level")
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  with artifacts.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
+def _plot_loss(data: dict, tracks: Sequence[str], path: str) -> None:
+  fig = Figure(figsize=(5 * len(tracks), 3.6))
+  for i, track in enumerate(tracks):
+    ax = fig.add_subplot(1, len(tracks), i + 1)
+    for j, method in enumerate(data["config"].get("methods", [])):
+      for r in [r for r in data["runs"] if r["track"] == track and r["method"] == method]:
+        metrics = os.path.join(r["workdir"], "metrics", "train.jsonl")
+        if os.path.exists(metrics):
+          m = artifacts.read_jsonl_lines(metrics)
+          ax.plot([x["step"] for x in m], [x["rkl"] if x["divergence"] == "rkl" else x["fkl"] for x in m],
+                  color=f"C{j}", lw=0.8, alpha=0.7, label=lab_config.method_label(method) if r["seed"] == 0 else None)
+    ax.set(xlabel="step", ylabel="reverse KL / token on RKL steps, else forward", title=track, yscale="log")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  with artifacts.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
+def build(workdir: str) -> str:
+  """Write WORKDIR/report/{lab.md, results.json, *.png}; returns the markdown's path."""
+  out = os.path.join(workdir, "report")
+  os.makedirs(out, exist_ok=True)
+  data = collect(workdir)
+  cfg = data["config"]
+  tracks = [t for t in cfg.get("tracks", lab_config.TRACKS) if any(r["track"] == t for r in data["runs"])]
+  lines = ["# Method lab", "", f"Workdir `{os.path.abspath(workdir)}`. Held-out accuracy mean@k in %; method rows "
+           "are mean ± standard error over seeds, base rows ± standard error over problems.", ""]
+  e = cfg.get("experiment", {})
+  t = e.get("train", {})
+  lines += [f"Every run: {t.get('steps')} steps of {t.get('batch_size')} problems, lr {t.get('lr')}; "
+            f"{e.get('problems', {}).get('n_train')} training and {e.get('problems', {}).get('n_heldout')} held-out "
+            f"problems; pass rates from K = {e.get('pass_rate', {}).get('sampling', {}).get('num_samples')} rollouts; "
+            f"evaluation mean@{e.get('eval', {}).get('sampling', {}).get('num_samples')}; seeds {cfg.get('seeds')}.", ""]
+  if tracks:
+    lines += ["## Overview", "", "Held-out accuracy over all levels (mean ± SE over seeds, n = seeds) and the "
+              "paired per-seed difference to uniform weighting, in points:", ""] + overview_table(data, tracks) + [""]
+  for track in tracks:
+    lines += [f"## {TRACK_TITLES[track]}", ""] + track_table(data, track) + [""]
+  images = []
+  if tracks:
+    _plot_levels(data, tracks, os.path.join(out, "accuracy_by_level.png"))
+    _plot_loss(data, tracks, os.path.join(out, "training_kl.png"))
+    images += ["accuracy_by_level.png", "training_kl.png"]
+    lines += ["![accuracy by level](accuracy_by_level.png)", "", "![training KL](training_kl.png)", ""]
+  lines += bootstrap_lines(workdir)
+  shared = os.path.join(workdir, "shared")
+  if os.path.exists(os.path.join(shared, "pass_rates", "0000", artifacts.MANIFEST)):
+    hist = lab_runner.level_histogram(shared)
+    _plot_histogram(hist, os.path.join(out, "pass_rates.png"))
+    images.append("pass_rates.png")
+    lines += ["## Initial student's pass rates", "", "Training problems per level (rows) by correct rollouts of K "
+              "(columns):", "", "```", lab_runner.format_level_histogram(hist), "```", "",
+              "![pass rates](pass_rates.png)", ""]
+  for path in sorted(glob.glob(os.path.join(shared, "snr", "*", "snr.csv"))):
+    tag = os.path.basename(os.path.dirname(path))
+    name = f"snr_{tag}.png"
+    with open(os.path.join(os.path.dirname(path), "snr.png"), "rb") as f:
+      artifacts.write_bytes(os.path.join(out, name), f.read())
+    images.append(name)
+    manifest = _read(os.path.join(os.path.dirname(path), artifacts.MANIFEST)) or {}
+    lines += [f"## Gradient SNR at the initial student: {tag}", "",
+              f"Divergence `{manifest.get('divergence')}` on `{manifest.get('source')}` sequences, "
+              f"{manifest.get('counts', {}).get('problems')} problems, count sketch D = {manifest.get('dim')}.", "",
+              f"![gradient SNR {tag}]({name})", "", "| p | n | SNR | 90% interval | noise floor | w(p) (norm.) |",
+              "|---|---|---|---|---|---|"]
+    with open(path, newline="") as f:
+      for r in csv.DictReader(f):
+        num = lambda x: f"{float(x):.3g}" if x not in ("", None) else MISSING
+        lines.append(f"| {num(r['p'])} | {r['n']} | {num(r['snr'])} | [{num(r['lo'])}, {num(r['hi'])}] | "
+                     f"{num(r['noise_floor'])} | {num(r['w'])} |")
+    lines.append("")
+  seconds = [r["seconds"] for r in data["runs"]]
+  if seconds:
+    lines += ["## Timing", "", f"{len(seconds)} runs, {sum(seconds) / 60:.1f} min in all, median "
+              f"{np.median(seconds):.0f} s per run (min {min(seconds):.0f}, max {max(seconds):.0f}).", ""]
+  path = os.path.join(out, "lab.md")
+  with artifacts.atomic_open(path) as f:
+    f.write("\n".join(lines) + "\n")
+  artifacts.write_json(os.path.join(out, "results.json"),
+                       {"base": data["base"], "runs": [{k: v for k, v in r.items() if k != "workdir"} for r in data["runs"]]})
+  for stale in set(map(os.path.basename, glob.glob(os.path.join(out, "*.png")))) - set(images):
+    os.unlink(os.path.join(out, stale))
+  return path

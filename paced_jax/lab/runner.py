@@ -1,0 +1,247 @@
+"""The method lab's runner: every weighting method x track x seed from one bootstrapped pair.
+
+  WORKDIR/lab.json                 the LabConfig of the last run (the report reads it)
+  WORKDIR/models/{teacher,student} bootstrapped Hugging Face directories (lab_bootstrap.py)
+  WORKDIR/shared/                  one pipeline workspace holding what every run shares:
+    problems/, pass_rates/0000/      the initial student's pass rates (one set for all runs)
+    references/, teacher/            the teacher's references and top-k store (offline tracks)
+    eval/initial/, eval/teacher/     the initial student and the teacher on held-out + solved set
+    snr/<track>/                     gradient SNR at the initial student, per track
+    pool/, solved.jsonl              the retain set: unseen problems the initial student solved K/K
+  WORKDIR/runs/<track>/<method>/seed<s>/  one pipeline workspace per run: the shared inputs are
+                                   symlinked in; checkpoints/, metrics/, eval/final/ are its own
+
+Every run has the same step budget, batch size and learning rate; methods differ only in the
+weights and the divergence (METHODS), tracks only in the data source, divergence and teacher
+(TRACKS), seeds only in the batch order and the on-policy rollouts. A run whose final
+evaluation exists is skipped, so the same command finishes an interrupted lab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax.evaluation import evaluate
+from paced_jax.lab import bootstrap as lab_bootstrap
+from paced_jax.problems import lab_arithmetic as lab_tasks
+from paced_jax.model import loaded as loaded_model
+from paced_jax.evaluation import pass_rate
+from paced_jax.problems import prepare as prepare_lib
+from paced_jax.teacher import reference
+from paced_jax.analysis import snr
+from paced_jax.teacher import stage as teacher_stage
+from paced_jax.training import trainer
+from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings
+
+SOLVED = "solved"          # benchmark name of the retain set
+TEACHER_TAG = "teacher"    # eval tag of the teacher in the shared workspace
+# The paper's divergence per track; the two-stage schedule picks FKL then RKL itself (trainer.stage_of).
+TRACK_LOSS = {"distill": "forward_kl", "self_distill": "reverse_kl", "two_stage": "forward_kl"}
+
+
+def shared_dir(lab: LabConfig) -> str:
+  return os.path.join(lab.workdir, "shared")
+
+
+def models_dir(lab: LabConfig) -> str:
+  return os.path.join(lab.workdir, "models")
+
+
+def run_dir(lab: LabConfig, track: str, method: str, seed: int) -> str:
+  return os.path.join(lab.workdir, "runs", track, method, f"seed{seed}")
+
+
+def solved_path(lab: LabConfig) -> str:
+  return os.path.join(shared_dir(lab), "solved.jsonl")
+
+
+def _benchmarks(lab: LabConfig) -> tuple[str, ...]:
+  """Held-out problems, and the solved set once it exists and is not empty."""
+  path = solved_path(lab)
+  return ("heldout",) + ((f"{path}:name={SOLVED}",) if os.path.exists(path) and os.path.getsize(path) else ())
+
+
+def _base(lab: LabConfig, workdir: str) -> ExperimentConfig:
+  models = models_dir(lab)
+  eval_cfg = dataclasses.replace(lab.experiment.eval, benchmarks=_benchmarks(lab))
+  return dataclasses.replace(lab.experiment, workdir=workdir, student=os.path.join(models, "student"),
+                             teacher=os.path.join(models, "teacher"), eval=eval_cfg)
+
+
+def track_config(lab: LabConfig, track: str, workdir: str) -> ExperimentConfig:
+  """A track's settings: distill and two-stage learn from the teacher model (no privileged
+  context); self-distillation from the frozen initial student given `self_distill_context`."""
+  cfg = _base(lab, workdir)
+  self_distill = track == "self_distill"
+  prompts = dataclasses.replace(cfg.prompts, teacher_context=lab.self_distill_context if self_distill else "none")
+  return dataclasses.replace(cfg, track=track, teacher="" if self_distill else cfg.teacher, prompts=prompts,
+                             train=dataclasses.replace(cfg.train, loss=TRACK_LOSS[track]))
+
+
+def run_config(lab: LabConfig, track: str, method: str, seed: int) -> ExperimentConfig:
+  cfg = track_config(lab, track, run_dir(lab, track, method, seed))
+  scheme, alpha, beta, loss = method_settings(method)
+  t = cfg.train
+  train = dataclasses.replace(t, seed=seed, loss=loss or t.loss,
+                              rollout_sampling=dataclasses.replace(t.rollout_sampling, seed=seed))
+  return dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, scheme=scheme, alpha=alpha, beta=beta),
+                             train=train)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared stage: bootstrap, problems, pass rates, teacher store, retain set, baselines, SNR.
+
+
+def _prepare(cfg: ExperimentConfig) -> None:
+  p = cfg.problems
+  prepare_lib.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed)
+
+
+def level_histogram(workdir: str) -> dict[int, list[int]]:
+  """Correct-count histogram of the initial student's pass rates, per difficulty level."""
+  directory = pass_rate.round_dir(workdir, 0)
+  records = {r["id"]: r for r in pass_rate.read_records(directory)}
+  out: dict[int, list[int]] = {}
+  for p in prepare_lib.read_problems(workdir, "train"):
+    r = records[p.id]
+    out.setdefault(p.level or 0, [0] * (r["K"] + 1))[r["correct"]] += 1
+  return dict(sorted(out.items()))
+
+
+def format_level_histogram(hist: dict[int, list[int]]) -> str:
+  K = len(next(iter(hist.values()))) - 1
+  lines = ["level  " + " ".join(f"{c}/{K}".rjust(5) for c in range(K + 1)) + "   mean p"]
+  for level, counts in hist.items():
+    mean = sum(c * n for c, n in enumerate(counts)) / max(sum(counts), 1) / K
+    lines.append(f"{level:5d}  " + " ".join(f"{n:5d}" for n in counts) + f"   {mean:.3f}")
+  total = [sum(col) for col in zip(*hist.values())]
+  lines.append("  all  " + " ".join(f"{n:5d}" for n in total))
+  return "\n".join(lines)
+
+
+def _solved_set(lab: LabConfig, cfg: ExperimentConfig, student) -> str:
+  """shared/solved.jsonl: held-out-partition problems beyond the evaluation set that the initial
+  student solved in all K pass-rate rollouts (forgetting is measured on them)."""
+  path = solved_path(lab)
+  if os.path.exists(path):
+    return path
+  p = cfg.problems
+  pool = lab_tasks.generate(p.n_heldout + lab.retain_pool, p.seed, "heldout")[p.n_heldout:]  # prefix-stable
+  pool_dir = os.path.join(shared_dir(lab), "pool")
+  pool_file = os.path.join(pool_dir, "pool.jsonl")
+  if not os.path.exists(pool_file):
+    with artifacts.atomic_open(pool_file) as f:
+      for q in pool:
+        f.write(json.dumps({"id": q.id, "problem": q.prompt, "answer": q.answer, "solution": q.solution,
+                            "level": q.level}) + "\n")
+  pool_cfg = dataclasses.replace(cfg, workdir=pool_dir)
+  prepare_lib.prepare(pool_dir, pool_file, n_train=None, n_heldout=0)
+  records = {r["id"]: r for r in pass_rate.read_records(pass_rate.run(pool_cfg, student))}
+  with artifacts.atomic_open(path) as f:
+    for q in pool:
+      if records[q.id]["correct"] == records[q.id]["K"]:
+        f.write(json.dumps({"id": q.id, "problem": q.prompt, "answer": q.answer, "level": q.level}) + "\n")
+  return path
+
+
+def prepare_shared(lab: LabConfig, mesh=None):
+  """Everything the runs share; returns (student, teacher) LoadedModels. Each piece is reused
+  when it is complete, so this is cheap after the first time."""
+  tic = time.time()
+  os.makedirs(lab.workdir, exist_ok=True)
+  artifacts.write_json(os.path.join(lab.workdir, "lab.json"), to_json(lab))
+  mesh = mesh or mesh_lib.make_mesh(lab.experiment.mesh)
+  lab_bootstrap.bootstrap(models_dir(lab), lab.bootstrap, bootstrap_prompts(lab), mesh)
+  distill = track_config(lab, "distill", shared_dir(lab))
+  _prepare(distill)
+  student = loaded_model.load(distill.student, mesh, distill.model)
+  teacher = loaded_model.load(distill.teacher, mesh, distill.model)
+  teacher_stage.check_same_tokenizer(student, teacher)
+  pass_rate.run(distill, student)
+  print("initial student's pass rates by level (problems per correct count of K):\n"
+        + format_level_histogram(level_histogram(distill.workdir)), flush=True)
+  if {"distill", "two_stage"} & set(lab.tracks):
+    reference.run(distill, teacher)
+    teacher_stage.run(distill, teacher)
+  _solved_set(lab, distill, student)
+  distill = track_config(lab, "distill", shared_dir(lab))  # now with the solved set among its benchmarks
+  evaluate.evaluate(distill, student, tag=evaluate.BASELINE_TAG)
+  evaluate.evaluate(distill, teacher, tag=TEACHER_TAG)
+  if lab.snr:
+    for track in lab.tracks:
+      if track == "two_stage":
+        continue  # its first stage is the distillation track's FKL on the same references
+      cfg = track_config(lab, track, shared_dir(lab))
+      snr.run(cfg, student, student if track == "self_distill" else teacher, tag=track,
+              source="offline" if track == "distill" else "on_policy")
+  print(f"shared stage ready ({(time.time() - tic) / 60:.1f} min)", flush=True)
+  return student, teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs.
+
+SHARED_LINKS = ("problems", "pass_rates", "references", "teacher")
+RUN_RECORD = "lab_run.json"
+
+
+def _link_shared(lab: LabConfig, workdir: str) -> None:
+  """Symlink the shared inputs into a run's workspace (relative, so the lab directory can move)."""
+  os.makedirs(workdir, exist_ok=True)
+  for name in SHARED_LINKS:
+    target = os.path.join(shared_dir(lab), name)
+    link = os.path.join(workdir, name)
+    if os.path.exists(target) and not os.path.lexists(link):
+      os.symlink(os.path.relpath(target, workdir), link)
+
+
+def _outcome_settings(cfg: ExperimentConfig) -> dict:
+  """The settings a run's result depends on: all but the (shared) diagnostic's."""
+  return {k: v for k, v in to_json(cfg).items() if k not in ("snr", "run_snr")}
+
+
+def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher) -> dict:
+  """Train and evaluate one (track, method, seed); a finished run is read back, not redone."""
+  cfg = run_config(lab, track, method, seed)
+  record_path = os.path.join(cfg.workdir, RUN_RECORD)
+  config_path = os.path.join(cfg.workdir, "config.json")
+  if os.path.exists(config_path):  # a finished or killed run of other settings is never mixed in
+    artifacts.expect_fields(config_path, artifacts.read_json(config_path), _outcome_settings(cfg))
+  if os.path.exists(record_path):
+    return artifacts.read_json(record_path)
+  tic = time.time()
+  _link_shared(lab, cfg.workdir)
+  artifacts.write_json(config_path, to_json(cfg))
+  frozen = student if track == "self_distill" else teacher
+  trainer.train(cfg, student, frozen, progress=False)
+  step, params = trainer.restore_params(cfg, student)
+  result = evaluate.evaluate(cfg, student, params=params, tag="final",
+                             fingerprint=f"{student.fingerprint}@{track}/{method}/seed{seed}/step{step}")
+  record = {"track": track, "method": method, "seed": seed, "steps": step, "seconds": time.time() - tic,
+            "accuracy": {name: s["accuracy"] for name, s in result["benchmarks"].items()}}
+  artifacts.write_json(record_path, record)  # last: marks the run finished
+  return record
+
+
+def run_all(lab: LabConfig, student=None, teacher=None) -> list[dict]:
+  """Every run, seed by seed (a partial lab then still has whole tables for its first seeds)."""
+  if student is None:
+    student, teacher = prepare_shared(lab)
+  records = []
+  total = len(lab.seeds) * len(lab.tracks) * len(lab.methods)
+  tic = time.time()
+  for seed in lab.seeds:
+    for track in lab.tracks:
+      for method in lab.methods:
+        record = run_one(lab, track, method, seed, student, teacher)
+        records.append(record)
+        acc = record["accuracy"].get("heldout")
+        print(f"[{len(records)}/{total}] {track} {method} seed {seed}: held-out "
+              f"{'-' if acc is None else f'{100 * acc:.1f}%'}, {record['seconds']:.0f} s "
+              f"(lab {(time.time() - tic) / 60:.1f} min)", flush=True)
+  return records

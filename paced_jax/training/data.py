@@ -1,0 +1,117 @@
+"""What each train step learns from: weighted problems, and their sequences with teacher signal.
+
+The problem batch of step s is a pure function of (seed, s) through a grain MapDataset, so the
+data iterator's checkpointed state is just the step number, and a resumed run sees the same
+batches. Sequences come either from stored references + the offline teacher store, or on-policy:
+the current student samples, the frozen teacher scores the same tokens under its own prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from paced_jax.evaluation import pass_rate
+from paced_jax.problems import prompts as prompts_lib
+from paced_jax.teacher import reference
+from paced_jax.model import scoring as teacher_scoring
+from paced_jax.training import weights as weights_lib
+from paced_jax.config import ExperimentConfig
+from paced_jax.model.loaded import LoadedModel
+from paced_jax.training.packing import Example
+from paced_jax.problems.prepare import read_problems
+from paced_jax.problems.records import Problem
+from paced_jax.sampling.sampler import Sampler
+from paced_jax.teacher.store import TeacherStore
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedProblems:
+  problems: tuple[Problem, ...]      # kept problems (w > 0 unless keep_zero_weight)
+  weight: dict[str, float]
+  correct: dict[str, int]
+  K: int
+  dropped: int                       # problems with w = 0 left out
+  round_dir: str
+
+  def batch(self, step: int, batch_size: int, seed: int) -> list[Problem]:
+    """The problems of `step`: epochs of a seeded shuffle, reshuffled every epoch."""
+    ds = grain.MapDataset.source(list(range(len(self.problems)))).shuffle(seed=seed).repeat().batch(batch_size)
+    return [self.problems[i] for i in ds[step]]
+
+  def summary(self) -> dict:
+    w = np.array([self.weight[p.id] for p in self.problems], np.float64)
+    return {"kept": len(self.problems), "dropped": self.dropped, "K": self.K,
+            "ess": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-30)), "mean_weight": float(w.mean()) if len(w) else 0.0}
+
+
+def weighted_problems(cfg: ExperimentConfig, round_: int | None = None) -> WeightedProblems:
+  """Weights from the pass rates of `round_` (default: the latest finished round)."""
+  round_ = pass_rate.latest_round(cfg.workdir) if round_ is None else round_
+  if round_ is None:
+    raise FileNotFoundError(f"{cfg.workdir}/pass_rates: no finished round; run the pass_rate stage first")
+  directory = pass_rate.round_dir(cfg.workdir, round_)
+  by_id = {r["id"]: r for r in pass_rate.read_records(directory)}
+  problems = read_problems(cfg.workdir, "train")
+  missing = [p.id for p in problems if p.id not in by_id]
+  if missing:
+    raise ValueError(f"{directory}: no pass rate for {len(missing)} training problems (e.g. {missing[0]!r})")
+  K = by_id[problems[0].id]["K"] if problems else 1
+  correct = np.array([by_id[p.id]["correct"] for p in problems])
+  w, keep = weights_lib.problem_weights(correct, K, cfg.weights)
+  kept = tuple(p for p, k in zip(problems, keep) if k)
+  if not kept:
+    raise ValueError(f"{directory}: every problem has weight 0 under scheme {cfg.weights.scheme!r} "
+                     "(pass rates all 0 or 1); set config.weights.keep_zero_weight=True or use easier problems")
+  return WeightedProblems(kept, {p.id: float(x) for p, x in zip(problems, w)},
+                          {p.id: int(c) for p, c in zip(problems, correct)}, K, len(problems) - len(kept), directory)
+
+
+def offline_examples(problems: Sequence[Problem], data: WeightedProblems, refs: dict[str, dict], store: TeacherStore,
+                     tokenizer, cfg: ExperimentConfig) -> list[Example]:
+  """Student prompt + stored reference, with the stored teacher signal of each response token."""
+  out = []
+  for p in problems:
+    if p.id not in refs or p.id not in store:
+      continue  # no usable reference (e.g. unverified when verified_only): nothing to learn from
+    prompt = prompts_lib.student_prompt(tokenizer, p, cfg.prompts)
+    response = refs[p.id]["response_ids"]
+    signal = store.get(p.id, response_ids=response)
+    out.append(Example(np.asarray(prompt + response, np.int32), len(prompt), signal["ids"], signal["logprobs"],
+                       signal["tail"], data.weight[p.id], data.correct[p.id]))
+  return out
+
+
+def on_policy_examples(problems: Sequence[Problem], data: WeightedProblems, sampler: Sampler, teacher: LoadedModel,
+                       teacher_params, step: int, cfg: ExperimentConfig) -> tuple[list[Example], int]:
+  """Fresh student responses scored by the frozen teacher; returns (examples, generated tokens)."""
+  tok = teacher.tokenizer
+  student_prompts = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
+  # The step enters the sampling key, not the config: a new config value would recompile.
+  keys = [(pass_rate.problem_key(p.id) + 7919 * (step + 1)) % (1 << 31) for p in problems]
+  rollouts = sampler.generate(student_prompts, cfg.train.rollout_sampling, prompt_keys=keys, progress=False)
+  responses = [r[0].tokens.tolist() for r in rollouts]
+  teacher_prompts = [prompts_lib.teacher_prompt(tok, p, cfg.prompts) for p in problems]
+  longest = max(len(tp) + len(r) for tp, r in zip(teacher_prompts, responses))
+  signals: dict[int, dict] = {}
+  for batch in teacher_scoring.score_batches(
+      teacher.graphdef, teacher_params, teacher.mesh, list(zip(teacher_prompts, responses)),
+      k=cfg.teacher_signal.top_k, valid_vocab=teacher.valid_vocab, length=1 << (longest - 1).bit_length(),
+      batch_rows=cfg.teacher_signal.batch_size, chunk_size=cfg.teacher_signal.chunk_size,
+      temperature=cfg.train.temperature):
+    signals.update(batch)
+  examples = [Example(np.asarray(sp + r, np.int32), len(sp), signals[i]["ids"], signals[i]["logprobs"],
+                      signals[i]["tail"], data.weight[p.id], data.correct[p.id])
+              for i, (p, sp, r) in enumerate(zip(problems, student_prompts, responses))]
+  return examples, sum(map(len, responses))
+
+
+def load_offline(cfg: ExperimentConfig, teacher: LoadedModel) -> tuple[dict[str, dict], TeacherStore]:
+  from paced_jax.teacher import stage as teacher_stage  # deferred: only the offline track needs the store
+  if not os.path.exists(os.path.join(teacher_stage.directory(cfg.workdir), "manifest.json")):
+    raise FileNotFoundError(f"{teacher_stage.directory(cfg.workdir)}: no teacher store; run the teacher stage first")
+  return reference.usable(cfg, reference.read(cfg.workdir)), teacher_stage.open_store(cfg, teacher)

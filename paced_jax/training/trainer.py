@@ -1,0 +1,210 @@
+"""The PACED training loop: data per step, the jitted step, metrics, checkpoints, resume.
+
+Tracks (METHOD.md section 3): `distill` learns from stored teacher references (offline store);
+`self_distill` samples on-policy responses every step and has the frozen initial student, given
+privileged context, score them; `two_stage` does the first for `stage1_fraction` of the steps with
+forward KL, then the second with reverse KL. Checkpoints (orbax) hold the train state; the data
+position is the step number, so a resumed run continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
+
+from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax.evaluation import pass_rate
+from paced_jax.model import tokenization
+from paced_jax.training import data as training_data
+from paced_jax.training import train_step as ts
+from paced_jax.config import ExperimentConfig
+from paced_jax.model.loaded import LoadedModel
+from paced_jax.training.packing import pack
+from paced_jax.sampling.sampler import Sampler
+
+LOSS_KINDS = {"forward_kl": "fkl", "reverse_kl": "rkl", "akl": "akl", "jsd": "jsd"}
+
+
+def stage_of(cfg: ExperimentConfig, step: int) -> tuple[str, str]:
+  """(data source, divergence) of a step: ('offline' | 'on_policy', 'fkl' | 'rkl' | ...)."""
+  if cfg.track == "two_stage":
+    first = step < int(cfg.train.stage1_fraction * cfg.train.steps)
+    # The schedule is forward then reverse KL; an explicitly chosen AKL / JSD replaces both.
+    kind = LOSS_KINDS[cfg.train.loss] if cfg.train.loss in ("akl", "jsd") else ("fkl" if first else "rkl")
+    return ("offline" if first else "on_policy"), kind
+  return ("offline" if cfg.track == "distill" else "on_policy"), LOSS_KINDS[cfg.train.loss]
+
+
+def step_config(cfg: ExperimentConfig, student: LoadedModel, divergence: str, num_pass_buckets: int) -> ts.StepConfig:
+  t = cfg.train
+  return ts.StepConfig(
+      graphdef=student.graphdef, divergence=divergence, akl_mu=t.akl_mu, jsd_beta=t.jsd_beta,
+      temperature=t.temperature, valid_vocab=student.valid_vocab, token_reduction=t.token_reduction,
+      weight_norm=cfg.weights.norm, loss_chunk=t.loss_chunk, micro_batches=t.micro_batches,
+      num_pass_buckets=num_pass_buckets, lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
+      total_steps=t.steps, weight_decay=t.weight_decay, grad_clip=t.grad_clip, b1=t.b1, b2=t.b2)
+
+
+def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _state_and_sharding(cfg: ExperimentConfig, student: LoadedModel, scfg: ts.StepConfig, abstract: bool = False):
+  """A fresh train state from the student's weights (or its shapes only) and its shardings."""
+  params = nnx.to_pure_dict(student.params)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  if abstract:
+    state = jax.eval_shape(lambda p: ts.init_state(p, scfg, cfg.train.seed), params)
+  else:
+    # The train state owns a copy: its buffers are donated every step, the teacher's must survive.
+    state = ts.init_state(jax.tree.map(jnp.copy, params), scfg, cfg.train.seed)
+  return state, ts.state_shardings(state, param_shardings, student.mesh, scfg)
+
+
+def restore_params(cfg: ExperimentConfig, student: LoadedModel, step: int | None = None):
+  """(step, trained parameters as a pure dict) of the latest or a given checkpoint."""
+  scfg = step_config(cfg, student, "fkl", 2)
+  state, sharding = _state_and_sharding(cfg, student, scfg, abstract=True)
+  with checkpoint_manager(cfg.workdir) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{cfg.workdir}/checkpoints: no checkpoint to restore")
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(state._asdict(), sharding._asdict())))
+  return step, restored["params"]
+
+
+class _Termination:
+  """Turns SIGTERM (a preempted pod, a killed job) into a checkpoint and a clean exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricsLog:
+  """metrics/train.jsonl + TensorBoard; on resume, lines past the restored step are dropped."""
+
+  def __init__(self, workdir: str, start_step: int):
+    self.file = self.tb = None
+    if jax.process_index() != 0:
+      return  # the workspace is shared: a second writer's rewrite would orphan process 0's open file
+    directory = os.path.join(workdir, "metrics")
+    os.makedirs(directory, exist_ok=True)
+    self.path = os.path.join(directory, "train.jsonl")
+    kept = [r for r in artifacts.read_jsonl_lines(self.path) if r["step"] <= start_step] if os.path.exists(self.path) else []
+    with artifacts.atomic_open(self.path) as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    self.file = open(self.path, "a")
+    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+
+  def write(self, record: dict) -> None:
+    if self.file is None:
+      return
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    for key, value in record.items():
+      if isinstance(value, (int, float)) and key != "step":
+        self.tb.add_scalar(f"train/{key}", value, record["step"])
+      elif key == "bucket_loss":
+        for b, v in enumerate(value):
+          if record["bucket_count"][b]:
+            self.tb.add_scalar(f"bucket_loss/correct_{b}_of_{len(value) - 1}", v, record["step"])
+
+  def close(self) -> None:
+    if self.file:
+      self.file.close()
+    if self.tb:
+      self.tb.close()
+
+
+def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, progress: bool = True) -> int:
+  """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM."""
+  t = cfg.train
+  mesh = student.mesh
+  data = training_data.weighted_problems(cfg)
+  print(f"training on {data.summary()}")
+  stages = {stage_of(cfg, s) for s in range(t.steps)}
+  steps = {div: step_config(cfg, student, div, data.K + 1) for _, div in stages}
+  state, sharding = _state_and_sharding(cfg, student, next(iter(steps.values())))
+  state = jax.device_put(state, sharding)
+  jitted = {div: ts.jit_train_step(scfg, sharding, mesh) for div, scfg in steps.items()}
+  batch_sharding = ts.Batch(*(mesh_lib.batch_sharding(mesh, n) for n in (2, 2, 2, 2, 2, 3, 3, 2, 2)))
+
+  mngr = checkpoint_manager(cfg.workdir)
+  start = mngr.latest_step() or 0
+  if start:
+    restored = mngr.restore(start, args=ocp.args.StandardRestore(_abstract(state._asdict(), sharding._asdict())))
+    state = ts.TrainState(**restored)
+    print(f"resumed from checkpoint at step {start}")
+  offline = training_data.load_offline(cfg, teacher) if any(src == "offline" for src, _ in stages) else None
+  teacher_params = teacher.params  # frozen: the initial student in self-distillation
+  log = MetricsLog(cfg.workdir, start)
+  term = _Termination()
+  rows = t.rows_per_step or t.batch_size
+  pad = tokenization.pad_id(student.tokenizer)
+  bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index() > 0)
+  try:
+    for s in range(start, t.steps):
+      tic = time.perf_counter()
+      source, div = stage_of(cfg, s)
+      problems = data.batch(s, t.batch_size, t.seed)
+      generated = 0
+      if source == "offline":
+        examples = training_data.offline_examples(problems, data, *offline, student.tokenizer, cfg)
+      else:
+        sampler = Sampler.for_model(student, state.params)
+        examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg)
+      batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
+      batch = ts.Batch(*map(mesh_lib.from_host, batch_np, batch_sharding))
+      state, metrics = jitted[div](state, batch)
+      m = jax.device_get(metrics)
+      seconds = time.perf_counter() - tic
+      record = {"step": s + 1, "stage": source, "divergence": div, "seconds": seconds,
+                "tokens_per_s": float(m["tokens"]) / seconds, "dropped_sequences": dropped,
+                "generated_tokens": generated, "lr": float(ts.learning_rate(steps[div])(s)), **_plain(m)}
+      log.write(record)
+      bar.update(1)
+      bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", stage=source)
+      done = s + 1
+      if done % t.checkpoint_every == 0 or done == t.steps or term.requested:
+        mngr.save(done, args=ocp.args.StandardSave(state._asdict()), force=True)
+        mngr.wait_until_finished()
+      if term.requested:
+        print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
+        raise SystemExit(143)
+      every = cfg.pass_rate.recompute_every
+      if every and done % every == 0 and done < t.steps:
+        r = pass_rate.latest_round(cfg.workdir) + 1
+        pass_rate.run(cfg, student, round_=r, params=state.params, fingerprint=f"{student.fingerprint}@step{done}")
+        data = training_data.weighted_problems(cfg, r)
+  finally:
+    bar.close()
+    log.close()
+    term.restore()
+    mngr.close()
+  return t.steps
+
+
+def _plain(metrics: dict) -> dict:
+  return {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in metrics.items()}
