@@ -157,7 +157,7 @@ def test_conversion_needs_no_torch(tmp_path):
   path = str(tmp_path / "tiny.gguf")
   write_tiny_gguf(path)
   code = ("import sys; sys.modules['torch'] = None\n"
-          "from paced_jax import gguf_import\n"
+          "from paced_jax.model import gguf as gguf_import\n"
           f"print(gguf_import.gguf_to_hf({path!r}, {str(tmp_path / 'hf')!r}))\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
