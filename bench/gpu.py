@@ -125,18 +125,19 @@ def train_paced_jax(model_dir: str) -> dict:
   from flax import nnx
 
   from paced_jax import mesh as mesh_lib
+  from paced_jax.config import TrainConfig
   from paced_jax.model import hf_checkpoint
   from paced_jax.training import train_step as ts
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   cfg, graphdef, params = hf_checkpoint.load_model(model_dir, mesh, compute_dtype="bfloat16", param_dtype="float32")
-  step_cfg = ts.StepConfig(graphdef=graphdef, lr=1e-5, weight_decay=0.1, loss_chunk=FLAGS.loss_chunk)
+  step_cfg = ts.StepConfig(graphdef, TrainConfig(lr=1e-5, weight_decay=0.1, loss_chunk=FLAGS.loss_chunk))
   pure = nnx.to_pure_dict(params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(pure))
   state = ts.init_state(pure, step_cfg)
   state_sh = ts.state_shardings(state, jax.tree.map(lambda x: x.sharding, pure), mesh, step_cfg)
   state = jax.device_put(state, state_sh)
   np_batch = train_batch(cfg.vocab_size)
-  batch = jax.device_put(np_batch, ts.Batch(*(mesh_lib.batch_sharding(mesh, x.ndim) for x in np_batch)))
+  batch = jax.device_put(np_batch, ts.Batch.shardings(mesh))
   del params, pure
   step = ts.jit_train_step(step_cfg, state_sh, mesh)
   holder = {"state": state}

@@ -137,21 +137,22 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
   from paced_jax import mesh as mesh_lib
   from paced_jax.model import hf_checkpoint
   from paced_jax.training import losses
+  from paced_jax.config import TrainConfig
   from paced_jax.training import train_step as ts
 
   np_batch, vocab = make_batch(model_dir)
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   cfg, graphdef, params = hf_checkpoint.load_model(model_dir, mesh, compute_dtype=spec["dtype"],
                                                    param_dtype="float32", remat=spec["remat"])
-  step_cfg = ts.StepConfig(graphdef=graphdef, lr=1e-5, weight_decay=0.1, grad_clip=1.0,
-                           loss_chunk=FLAGS.seq_len if spec["full_logits"] else FLAGS.loss_chunk,
+  step_cfg = ts.StepConfig(graphdef, TrainConfig(lr=1e-5, weight_decay=0.1, grad_clip=1.0,
+                                                 loss_chunk=FLAGS.seq_len if spec["full_logits"] else FLAGS.loss_chunk),
                            valid_vocab=vocab if vocab < cfg.vocab_size else None)
   pure = nnx.to_pure_dict(params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(pure))
   state = ts.init_state(pure, step_cfg)
   state_sh = ts.state_shardings(state, jax.tree.map(lambda x: x.sharding, pure), mesh, step_cfg)
   state = jax.device_put(state, state_sh)
-  batch_sh = ts.Batch(*(mesh_lib.batch_sharding(mesh, np.ndim(x)) for x in np_batch))
+  batch_sh = ts.Batch.shardings(mesh)
   batch = jax.device_put(np_batch, batch_sh)
   del params, pure
   rss_loaded = rss_mib()
@@ -180,7 +181,7 @@ def run_jax(spec: dict, model_dir: str, breakdown: bool) -> dict:
   calls = {"step": one_step}
   if breakdown:
     def fwd_loss(p, b):
-      denom = losses.loss_denominator(b.loss_mask, b.segment_ids, b.weight, reduction=step_cfg.token_reduction,
+      denom = losses.loss_denominator(b.loss_mask, b.segment_ids, b.weight, reduction=step_cfg.train.token_reduction,
                                       weight_norm=step_cfg.weight_norm)
       return ts.loss_and_metrics(p, b, denom, step_cfg)[0]
 

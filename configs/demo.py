@@ -9,7 +9,7 @@ on-policy responses). Problems are easy enough that the student's pass rates spr
 Baselines on the same data and budget: :uniform, :hard_filter, :akl (combine with quick: quick,uniform).
 """
 
-from paced_jax import config as config_lib
+from paced_jax import presets
 
 
 def get_config(variant: str = ""):
@@ -17,7 +17,7 @@ def get_config(variant: str = ""):
   unknown = options - {"quick", "uniform", "hard_filter", "akl"}
   if unknown:
     raise ValueError(f"configs/demo.py: unknown variant(s) {sorted(unknown)}; expected quick, uniform, hard_filter, akl")
-  c = config_lib.to_config_dict(config_lib.ExperimentConfig())
+  c = presets.default_config()
   c.workdir = "workdir/demo"
   c.student = "demo:smollm2"
   c.track = "two_stage"

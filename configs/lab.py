@@ -8,12 +8,12 @@ The bootstrap (teacher + student, cached in WORKDIR/models) comes first and take
 than the table itself; docs/lab/README.md says how the committed run got its models.
 """
 
-from paced_jax import config as config_lib
+from paced_jax import presets
 from paced_jax.lab import config as lab_config
 
 
 def get_config(variant: str = ""):
-  c = config_lib.to_config_dict(lab_config.LabConfig())
+  c = presets.default_config(lab_config.LabConfig())
   c.workdir = "workdir/lab"
   c.retain_pool = 480
   e = c.experiment

@@ -39,5 +39,5 @@ SLICES = {
 
 def get_config(variant: str = ""):
   c = pp.paper_config(workdir="workdir/llama3_distill", student="/models/Llama-3.1-8B-Instruct",
-                      teacher="/models/Llama-3.3-70B-Instruct", track="distill", loss="forward_kl")
+                      teacher="/models/Llama-3.3-70B-Instruct", track="distill", loss="fkl")
   return pp.build(c, variant, SLICES, "configs/llama3_distill.py")

@@ -37,7 +37,7 @@ SLICES = {
 
 def get_config(variant: str = ""):
   c = pp.paper_config(workdir="workdir/qwen25_math_selfdistill", student="/models/Qwen2.5-Math-7B-Instruct",
-                      teacher="", track="self_distill", loss="reverse_kl",
+                      teacher="", track="self_distill", loss="rkl",
                       max_new_tokens=CONTEXT - pp.PROMPT_BUDGET)
   c.prompts.teacher_context = "answer_only"
   return pp.build(c, variant, SLICES, "configs/qwen25_math_selfdistill.py")

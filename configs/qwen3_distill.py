@@ -41,5 +41,5 @@ SLICES = {
 
 def get_config(variant: str = ""):
   c = pp.paper_config(workdir="workdir/qwen3_distill", student="/models/Qwen3-1.7B",
-                      teacher="/models/Qwen3-8B-GRPO", track="distill", loss="forward_kl")
+                      teacher="/models/Qwen3-8B-GRPO", track="distill", loss="fkl")
   return pp.build(c, variant, SLICES, "configs/qwen3_distill.py")

@@ -4,11 +4,11 @@
   python -m paced_jax.tools.pipeline --config=configs/tiny.py:distill --config.workdir=/tmp/t
 """
 
-from paced_jax import config as config_lib
+from paced_jax import presets
 
 
 def get_config(variant: str = ""):
-  c = config_lib.to_config_dict(config_lib.ExperimentConfig())
+  c = presets.default_config()
   c.workdir = "workdir/tiny"
   c.student = "tiny:qwen3:nano:0"
   c.track = "two_stage"

@@ -251,11 +251,8 @@ def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | No
   state_in = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
   K = cfg.teacher_signal.top_k
-  dtypes = (jnp.int32, jnp.int32, jnp.int32, jnp.float32, jnp.float32, jnp.int32, jnp.float32, jnp.float32, jnp.int32)
-  batch_in = ts.Batch(*(
-      jax.ShapeDtypeStruct((rows, seq_len, K) if field in ("teacher_ids", "teacher_logprobs") else (rows, seq_len),
-                           dtype, sharding=mesh_lib.batch_sharding(mesh, 3 if field in ("teacher_ids", "teacher_logprobs") else 2))
-      for field, dtype in zip(ts.Batch._fields, dtypes)))
+  batch_in = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          jax.eval_shape(lambda: ts.Batch.zeros(rows, seq_len, K)), ts.Batch.shardings(mesh))
 
   step = ts.jit_train_step(scfg, state_sharding, mesh).jitted
   tic = time.perf_counter()

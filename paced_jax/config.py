@@ -217,9 +217,10 @@ class TrainConfig:
   rows_per_step: int = 0            # packed [rows, seq_len] rows they fill; 0 = batch_size
   micro_batches: int = 1            # gradient accumulation
   seq_len: int = 256                # packed row length
-  loss: str = "forward_kl"          # forward_kl | reverse_kl | akl | jsd
-  akl_mu: float = 0.5
-  jsd_beta: float = 0.5
+  loss: str = "fkl"                 # a divergence of training/losses.py's registry: fkl | rkl | akl | jsd | ...
+  # Hyperparameters per divergence, {name: {argument: value}} (e.g. akl.mu); unset = the function's
+  # default. presets.default_config() lists every one, so --config.train.loss_params.akl.mu=0.3 works.
+  loss_params: dict = dataclasses.field(default_factory=dict)
   temperature: float = 1.0
   token_reduction: str = "seq_mean"  # seq_mean | token_sum
   loss_chunk: int = 128
@@ -233,7 +234,6 @@ class TrainConfig:
   stage1_fraction: float = 0.5      # two-stage: forward KL on references for this fraction
   rollout_sampling: SamplingConfig = SamplingConfig(num_samples=1, max_new_tokens=128)
   checkpoint_every: int = 50
-  log_every: int = 1
   seed: int = 0
 
 
@@ -289,6 +289,12 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
       return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
     return tuple(value)
   if origin in (typing.Union, types.UnionType):
+    return value
+  if tp is dict or origin is dict:
+    if isinstance(value, ml_collections.ConfigDict):
+      value = value.to_dict()
+    if not isinstance(value, dict):
+      raise ConfigError(f"{path}: expected a group of fields, got {value!r}")
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
     return float(value)

@@ -14,6 +14,7 @@ from typing import Mapping
 import ml_collections
 
 from paced_jax import config as config_lib
+from paced_jax.training import losses
 
 # Paper training defaults (from the authors' codebase; METHOD.md section 7).
 LR = 1e-6
@@ -26,6 +27,25 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 
 METHOD_VARIANTS = ("uniform", "hard_filter", "akl", "two_stage")
 _WEIGHT_VARIANTS = ("uniform", "hard_filter", "akl")  # each replaces the PACED weights: pick one
+
+
+def default_config(defaults=None) -> ml_collections.ConfigDict:
+  """The defaults of an ExperimentConfig (or of a dataclass holding one, like the lab's) as a
+  ConfigDict for config files to start from, with every registered divergence's hyperparameters
+  under train.loss_params, so that the command line can set them (--config.train.loss_params.akl.mu=0.3)."""
+  c = config_lib.to_config_dict(defaults if defaults is not None else config_lib.ExperimentConfig())
+  params = {name: dataclasses.asdict(d.params()) for name, d in losses.DIVERGENCES.items()
+            if dataclasses.fields(d.params)}
+
+  def fill(node):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        if key == "train" and "loss_params" in value:
+          value.loss_params = params
+        else:
+          fill(value)
+  fill(c)
+  return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +61,7 @@ class Slice:
 def paper_config(*, workdir: str, student: str, teacher: str, track: str, loss: str,
                  max_new_tokens: int = MAX_RESPONSE_TOKENS) -> ml_collections.ConfigDict:
   """The paper's defaults on top of the ExperimentConfig defaults; no mesh variant (one host)."""
-  c = config_lib.to_config_dict(config_lib.ExperimentConfig())
+  c = default_config()
   c.workdir = workdir
   c.student = student
   c.teacher = teacher

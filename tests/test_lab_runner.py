@@ -46,10 +46,10 @@ def test_run_configs_differ_only_where_they_should(tmp_path):
   d = lab_runner.run_config(lab, "distill", "paced_a2_b2", 1)
   s = lab_runner.run_config(lab, "self_distill", "akl", 2)
   t = lab_runner.run_config(lab, "two_stage", "hard_filter", 0)
-  assert (d.track, d.train.loss, d.prompts.teacher_context) == ("distill", "forward_kl", "none")
+  assert (d.track, d.train.loss, d.prompts.teacher_context) == ("distill", "fkl", "none")
   assert d.teacher.endswith("models/teacher") and (d.weights.scheme, d.weights.alpha, d.weights.beta) == ("paced", 2, 2)
   assert (s.track, s.teacher, s.train.loss, s.prompts.teacher_context) == ("self_distill", "", "akl", "solution")
-  assert (t.track, t.weights.scheme, t.train.loss) == ("two_stage", "hard_filter", "forward_kl")
+  assert (t.track, t.weights.scheme, t.train.loss) == ("two_stage", "hard_filter", "fkl")
   assert (d.train.seed, s.train.seed, s.train.rollout_sampling.seed) == (1, 2, 2)
   # Equal budgets: every run has the same steps, batch, learning rate and evaluation.
   for field in ("steps", "batch_size", "lr", "seq_len"):

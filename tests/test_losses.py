@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_refs
 from paced_jax.training import chunked_logprobs
 from paced_jax.training import losses
 
@@ -32,7 +33,7 @@ def divergences(logits_BTV, teacher, *, mix=(1.0, 1.0, 1.0, 1.0), temperature=1.
 def _divergences(logits_BTV, teacher, mix_G, temperature, *, vocab_size, akl_mu=0.5, jsd_beta=0.5):
   def total(logits_BTV):
     values = {
-      kind: losses.token_divergence(
+      kind: loss_refs.token_divergence(
         logits_BTV, teacher, kind=kind, temperature=temperature, vocab_size=vocab_size, akl_mu=akl_mu, jsd_beta=jsd_beta
       )
       for kind in KINDS
@@ -132,7 +133,7 @@ def f32(x):
 
 def test_dense_matches_reference():
   teacher_BTV, student_BTV = random_case(0)
-  got, _ = divergences(f32(student_BTV), losses.dense_to_sparse(f32(teacher_BTV)))
+  got, _ = divergences(f32(student_BTV), loss_refs.dense_to_sparse(f32(teacher_BTV)))
   for kind in KINDS:
     np.testing.assert_allclose(got[kind], ref_dense(teacher_BTV, student_BTV, kind), **TOL, err_msg=kind)
 
@@ -160,7 +161,7 @@ def test_sparse_with_all_ids_equals_dense():
   teacher_BTV, student_BTV = random_case(3)
   # Every id, in a shuffled order, with no tail: the same distribution as the dense signal.
   perm_BTV = jnp.asarray(np.argsort(np.random.default_rng(0).random(teacher_BTV.shape), -1), jnp.int32)
-  dense = losses.dense_to_sparse(f32(teacher_BTV))
+  dense = loss_refs.dense_to_sparse(f32(teacher_BTV))
   assert dense.ids_BTK.shape[-1] == teacher_BTV.shape[-1]
   shuffled = losses.TeacherSignal(perm_BTV, jnp.take_along_axis(dense.logprobs_BTK, perm_BTV, -1), dense.tail_BT)
   (want, _), (got, _) = divergences(f32(student_BTV), dense), divergences(f32(student_BTV), shuffled)
@@ -170,7 +171,7 @@ def test_sparse_with_all_ids_equals_dense():
 
 def test_sparse_is_a_lower_bound():
   teacher_BTV, student_BTV = random_case(4)
-  dense, _ = divergences(f32(student_BTV), losses.dense_to_sparse(f32(teacher_BTV)))
+  dense, _ = divergences(f32(student_BTV), loss_refs.dense_to_sparse(f32(teacher_BTV)))
   for K in (1, 5, 20):
     sparse, _ = divergences(f32(student_BTV), sparse_teacher(teacher_BTV, K))
     for kind in ("fkl", "rkl"):
@@ -180,7 +181,7 @@ def test_sparse_is_a_lower_bound():
 def test_temperature_divides_both_logits():
   teacher_BTV, student_BTV = random_case(5)
   tau = 1.7
-  got, _ = divergences(f32(student_BTV), losses.dense_to_sparse(f32(teacher_BTV), temperature=tau), temperature=tau)
+  got, _ = divergences(f32(student_BTV), loss_refs.dense_to_sparse(f32(teacher_BTV), temperature=tau), temperature=tau)
   for kind in KINDS:
     want = ref_dense(teacher_BTV / tau, student_BTV / tau, kind)
     np.testing.assert_allclose(got[kind], want, **TOL, err_msg=kind)
@@ -191,7 +192,7 @@ def test_padded_vocab_rows_are_ignored():
   V = student_BTV.shape[-1]
   pad = np.full(student_BTV.shape[:2] + (7,), 9.0)  # large logits: they would dominate if counted
   padded_BTV = f32(np.concatenate([student_BTV, pad], -1))
-  dense = losses.dense_to_sparse(f32(np.concatenate([teacher_BTV, pad], -1)), vocab_size=V)
+  dense = loss_refs.dense_to_sparse(f32(np.concatenate([teacher_BTV, pad], -1)), vocab_size=V)
   assert dense.ids_BTK.shape[-1] == V
   for teacher in (dense, sparse_teacher(teacher_BTV, 5)):
     got, grad_BTV = divergences(padded_BTV, teacher, vocab_size=V)
@@ -208,7 +209,7 @@ def test_empty_tails_and_extreme_logits_stay_finite():
   student_BTV[0, 0, 3] = 120.0  # all the student's mass on one token: its tail underflows to 0
   teacher = sparse_teacher(teacher_BTV, 5)
   teacher = teacher._replace(tail_BT=teacher.tail_BT.at[1, 2].set(-1e-7))  # a tail stored as 1 - sum, rounded
-  for signal in (teacher, losses.dense_to_sparse(f32(teacher_BTV))):
+  for signal in (teacher, loss_refs.dense_to_sparse(f32(teacher_BTV))):
     values, grad_BTV = divergences(f32(student_BTV), signal)  # a nan in any kind's gradient shows in the sum
     assert all(np.all(np.isfinite(v)) for v in values.values()) and np.all(np.isfinite(grad_BTV))
 
@@ -240,12 +241,15 @@ def test_gradients_match_finite_differences(kind):
   np.testing.assert_allclose(grad_BTV, fd_BTV, rtol=1e-4, atol=2e-6)
 
 
-def test_unknown_kind_and_bad_beta_raise():
+def test_unknown_names_and_bad_beta_raise():
   log_BTN = jnp.log(jnp.full((1, 1, 2), 0.5))
-  with pytest.raises(ValueError, match="unknown divergence"):
-    losses.divergence(log_BTN, log_BTN, kind="kl")
+  with pytest.raises(ValueError, match="config.train.loss: 'kl' is not a registered divergence"):
+    losses.hyperparameters("kl")
+  with pytest.raises(ValueError, match="config.train.loss_params.akl.beta: akl has no such hyperparameter"):
+    losses.hyperparameters("fkl", {"akl": {"beta": 0.3}})
+  assert losses.hyperparameters("akl", {"akl": {"mu": 0.3}, "jsd": {"beta": 0.1}}).mu == 0.3
   with pytest.raises(ValueError, match="beta"):
-    losses.divergence(log_BTN, log_BTN, kind="jsd", jsd_beta=1.0)
+    losses.divergence(log_BTN, log_BTN, "jsd", losses.hyperparameters("jsd", {"jsd": {"beta": 1.0}}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +370,7 @@ def test_zero_weight_sequence_gets_no_gradient():
   batch = (f32(loss_mask_BT), jnp.asarray(SEGMENTS_BT), f32(weight_BT))
 
   def loss(logits_BTV, weight_norm):
-    token_loss_BT = losses.token_divergence(logits_BTV, teacher, kind="fkl")
+    token_loss_BT = loss_refs.token_divergence(logits_BTV, teacher, kind="fkl")
     return losses.reduce_token_loss(token_loss_BT, *batch, weight_norm=weight_norm).loss
 
   logits_BTV = f32(rng.normal(size=(B, T, V)))
@@ -416,7 +420,7 @@ def test_sharded_batch_gives_the_same_loss_and_gradients():
   batch = (f32(rng.random((B, T)) < 0.8), segments_BT, f32(rng.uniform(0, 2, size=(B, T))))
 
   def loss(h, w, teacher, batch):
-    div_BT = chunked_logprobs.chunked_token_divergence(h, w, teacher, kind="rkl", chunk_size=4)
+    div_BT = loss_refs.chunked_token_divergence(h, w, teacher, kind="rkl", chunk_size=4)
     return losses.reduce_token_loss(div_BT, *batch).loss
 
   value_and_grads = jax.value_and_grad(loss, argnums=(0, 1))

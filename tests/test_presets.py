@@ -73,11 +73,11 @@ def test_every_variant_converts_with_paper_defaults(name, variant):
 def test_preset_models_and_tracks():
   q3 = config_lib.experiment(_module("qwen3_distill").get_config(""))
   assert (q3.student, q3.teacher, q3.track, q3.train.loss) == (
-      "/models/Qwen3-1.7B", "/models/Qwen3-8B-GRPO", "distill", "forward_kl")
+      "/models/Qwen3-1.7B", "/models/Qwen3-8B-GRPO", "distill", "fkl")
   assert q3.train.seq_len == 512 + 8192
   sd = config_lib.experiment(_module("qwen25_math_selfdistill").get_config(""))
   assert (sd.teacher, sd.track, sd.train.loss, sd.prompts.teacher_context) == (
-      "", "self_distill", "reverse_kl", "answer_only")
+      "", "self_distill", "rkl", "answer_only")
   assert sd.train.seq_len <= aot.known_architecture("Qwen2.5-Math-7B").max_position_embeddings
   ll = config_lib.experiment(_module("llama3_distill").get_config("v5p-64"))
   assert (ll.student, ll.teacher, ll.track) == ("/models/Llama-3.1-8B-Instruct", "/models/Llama-3.3-70B-Instruct",

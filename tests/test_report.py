@@ -68,7 +68,7 @@ def test_report_from_finished_run(finished):
   for image in images:
     with open(os.path.join(finished, "report", image), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", image
-  assert "# PACED run report: paced / forward_kl" in text
+  assert "# PACED run report: paced / fkl" in text
   assert "| track | `distill` |" in text
   assert "missing" not in text.split("## Configuration")[1].split("##")[0]
   # The paper's table layout: rows = checkpoints, columns = benchmarks, mean ± SE in %.
@@ -76,7 +76,7 @@ def test_report_from_finished_run(finished):
   assert "| initial | 50.0 ± 12.5 | 69.4 ± 2.0 |" in text
   assert "| final | 62.5 ± 10.0 | 79.4 ± 1.8 |" in text
   # Forgetting: 60.0 -> 59.0 is 1.0 point, 1.7% relative.
-  assert "| paced / forward_kl | 60.0 | 59.0 (final) | 1.0 | 1.7% |" in text
+  assert "| paced / fkl | 60.0 | 59.0 (final) | 1.0 | 1.7% |" in text
   assert "24 problems, K = 4" in text and "| 2 |" in text  # pass rates; training ran 2 steps
 
 
@@ -93,10 +93,10 @@ def test_compare_adds_one_row_per_run(finished, tmp_path):
   text = open(path).read()
   compared = text.split("Runs compared")[1]
   assert "| base (initial) | 50.0 ± 12.5 | 69.4 ± 2.0 |" in compared
-  assert "| paced / forward_kl (final) | 62.5 ± 10.0 | 79.4 ± 1.8 |" in compared
-  assert "| uniform / forward_kl (final) | 55.0 ± 12.0 | 76.8 ± 1.9 |" in compared
+  assert "| paced / fkl (final) | 62.5 ± 10.0 | 79.4 ± 1.8 |" in compared
+  assert "| uniform / fkl (final) | 55.0 ± 12.0 | 76.8 ± 1.9 |" in compared
   assert "| bare_run (no evaluation) | – | – |" in compared
-  assert "| uniform / forward_kl | 60.0 | 58.0 (final) | 2.0 | 3.3% |" in text
+  assert "| uniform / fkl | 60.0 | 58.0 (final) | 2.0 | 3.3% |" in text
   for image in linked_images(path):
     assert os.path.exists(os.path.join(finished, "report", image))
 

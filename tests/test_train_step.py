@@ -11,6 +11,7 @@ from paced_jax import mesh as mesh_lib
 from paced_jax.model import hf_checkpoint
 from paced_jax.training import packing
 from paced_jax.model import tiny as tiny_model
+from paced_jax.config import TrainConfig
 from paced_jax.training import train_step as ts
 
 K = 4
@@ -36,10 +37,10 @@ def _examples(n, vocab, seed=0, weights=None):
   return out
 
 
-def _setup(tiny_dir, mesh_cfg, devices, **step_kwargs):
+def _setup(tiny_dir, mesh_cfg, devices, micro_batches=1, **step_kwargs):
   mesh = mesh_lib.make_mesh(mesh_cfg, devices)
   cfg, graphdef, params = hf_checkpoint.load_model(tiny_dir, mesh)
-  step_cfg = ts.StepConfig(graphdef=graphdef, lr=1e-2, weight_decay=0.0, num_pass_buckets=3, loss_chunk=5,
+  step_cfg = ts.StepConfig(graphdef, TrainConfig(lr=1e-2, weight_decay=0.0, loss_chunk=5, micro_batches=micro_batches), num_pass_buckets=3,
                            valid_vocab=98, **step_kwargs)
   pure = nnx.to_pure_dict(params)
   param_sh = jax.tree.map(lambda x: x.sharding, pure)
@@ -50,7 +51,7 @@ def _setup(tiny_dir, mesh_cfg, devices, **step_kwargs):
 
 
 def _put(batch, mesh):
-  return jax.device_put(batch, ts.Batch(*(mesh_lib.batch_sharding(mesh, np.ndim(x)) for x in batch)))
+  return jax.device_put(batch, ts.Batch.shardings(mesh))
 
 
 def test_loss_matches_dense_reference(tiny_dir):

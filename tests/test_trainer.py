@@ -37,7 +37,7 @@ def _fixed_batch_loss(cfg, student, params, examples, divergence):
   scfg = trainer.step_config(cfg, student, divergence, data.K + 1)
   batch, _ = pack(examples, cfg.train.batch_size, cfg.train.seq_len, cfg.teacher_signal.top_k)
   with jax.set_mesh(student.mesh):
-    loss, _, _ = jax.jit(lambda p, b: ts.accumulate_gradients(p, b, scfg))(params, ts.Batch(*map(np.asarray, batch)))
+    loss, _, _ = jax.jit(lambda p, b: ts.accumulate_gradients(p, b, scfg))(params, jax.tree.map(np.asarray, batch))
   return float(loss)
 
 

@@ -128,7 +128,7 @@ def per_problem_gradients(params, rows: ts.Batch, scfg: ts.StepConfig, mesh, *, 
   with jax.set_mesh(mesh):
     for first in range(0, N, rows_per_call):
       idx = np.arange(first, first + rows_per_call) % N  # the last call repeats rows: one compile
-      chunk = ts.Batch(*(np.asarray(x)[idx] for x in rows))
+      chunk = jax.tree.map(lambda x: np.asarray(x)[idx], rows)
       out.append(jax.device_get(step(selected, rest, chunk)))
   loss_N, norm_N, proj_ND = (np.concatenate([o[i] for o in out])[:N] for i in range(3))
   return loss_N, norm_N, proj_ND
@@ -156,7 +156,7 @@ def _source_and_divergence(cfg: ExperimentConfig, s: snr_stats.SNRConfig) -> tup
   if s.divergence != "auto":
     return source, s.divergence
   stages = [trainer.stage_of(cfg, step) for step in (0, max(cfg.train.steps - 1, 0))]
-  return source, next((div for src, div in stages if src == source), trainer.LOSS_KINDS[cfg.train.loss])
+  return source, next((div for src, div in stages if src == source), cfg.train.loss)
 
 
 def _examples(cfg, student, teacher, params, problems, data, source):
@@ -220,9 +220,9 @@ def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, ta
   kept = [(i, b) for i, (b, dropped) in packed if not dropped]
   if len(kept) < 2:
     raise ValueError(f"only {len(kept)} of {len(picked)} problems have a sequence that fits seq_len={T}")
-  rows = ts.Batch(*(np.stack(x) for x in zip(*(b for _, b in kept))))
-  scfg = dataclasses.replace(trainer.step_config(cfg, student, divergence, K + 1), weight_norm="none",
-                             micro_batches=1)
+  rows = jax.tree.map(lambda *x: np.stack(x), *(b for _, b in kept))
+  base = trainer.step_config(cfg, student, divergence, K + 1)
+  scfg = dataclasses.replace(base, weight_norm="none", train=dataclasses.replace(base.train, micro_batches=1))
   loss_N, norm_N, proj_ND = per_problem_gradients(params, rows, scfg, student.mesh, param_regex=s.param_regex,
                                                   dim=s.dim, seed=s.seed, rows_per_call=s.rows_per_call,
                                                   vmap_rows=s.vmap_rows)

@@ -37,7 +37,7 @@ from paced_jax.model import decoder as model_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.model import tokenization
 from paced_jax.training import train_step as ts
-from paced_jax.config import PromptConfig, to_json
+from paced_jax.config import PromptConfig, TrainConfig, to_json
 from paced_jax.model.config import ModelConfig, RopeConfig
 from paced_jax.training.packing import Example, pack
 from paced_jax.problems.records import in_split
@@ -117,10 +117,11 @@ class Corpus:
 
 def step_config(graphdef, spec: ModelSpec, cfg: BootstrapConfig, valid_vocab: int) -> ts.StepConfig:
   # Mean over tokens with weight 1: plain language-model cross-entropy.
-  return ts.StepConfig(graphdef=graphdef, divergence="fkl", valid_vocab=valid_vocab, token_reduction="token_sum",
-                       weight_norm="none", loss_chunk=cfg.seq_len, num_pass_buckets=1, lr=cfg.lr, schedule="cosine",
-                       warmup_steps=min(cfg.warmup_steps, spec.steps // 2), total_steps=spec.steps, weight_decay=cfg.weight_decay,
-                       grad_clip=1.0)
+  train = TrainConfig(steps=spec.steps, token_reduction="token_sum", loss_chunk=cfg.seq_len, lr=cfg.lr,
+                      schedule="cosine", warmup_steps=min(cfg.warmup_steps, spec.steps // 2),
+                      weight_decay=cfg.weight_decay, grad_clip=1.0)
+  return ts.StepConfig(graphdef, train, weight_norm="none", divergence="fkl", valid_vocab=valid_vocab,
+                       num_pass_buckets=1)
 
 
 def train_model(spec: ModelSpec, cfg: BootstrapConfig, tokenizer, prompts: PromptConfig, mesh, seed: int,
@@ -136,7 +137,7 @@ def train_model(spec: ModelSpec, cfg: BootstrapConfig, tokenizer, prompts: Promp
   sharding = ts.state_shardings(train_state, shardings, mesh, scfg)
   train_state = jax.device_put(train_state, sharding)
   step_fn = ts.jit_train_step(scfg, sharding, mesh)
-  batch_sharding = ts.Batch(*(mesh_lib.batch_sharding(mesh, n) for n in (2, 2, 2, 2, 2, 3, 3, 2, 2)))
+  batch_sharding = ts.Batch.shardings(mesh)
   corpus = Corpus(tokenizer, prompts, dataclasses.replace(cfg, seed=seed))
   rows = -(-cfg.batch_size // 2)  # two worked solutions fit a row on average; the rest wait
   pad = tokenization.pad_id(tokenizer)

@@ -41,7 +41,7 @@ from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings
 SOLVED = "solved"          # benchmark name of the retain set
 TEACHER_TAG = "teacher"    # eval tag of the teacher in the shared workspace
 # The paper's divergence per track; the two-stage schedule picks FKL then RKL itself (trainer.stage_of).
-TRACK_LOSS = {"distill": "forward_kl", "self_distill": "reverse_kl", "two_stage": "forward_kl"}
+TRACK_LOSS = {"distill": "fkl", "self_distill": "rkl", "two_stage": "fkl"}
 
 
 def shared_dir(lab: LabConfig) -> str:

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from paced_jax import mesh as mesh_lib
+from paced_jax.model import packing as row_packing
 
 F32 = jnp.float32
 
@@ -115,40 +116,33 @@ def pack_sequences(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *, 
   result to that many rows (an error if more are needed). A sequence with an empty response
   takes no room and gets an empty span.
   """
-  placed: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[]]  # per row: (start, tokens, targets)
-  used, spans = 0, []
+  fulls, prompt_lens = [], []
   for i, (prompt, response) in enumerate(sequences):
     prompt = np.asarray(prompt, np.int32).reshape(-1)
     response = np.asarray(response, np.int32).reshape(-1)
     if prompt.size == 0:
       raise ValueError(f"sequence {i}: empty teacher prompt; the first response token needs a context")
-    if response.size == 0:
-      spans.append(Span(0, 0, 0))
-      continue
-    full = np.concatenate([prompt, response])
-    n_in = full.size - 1
-    if n_in > length:
-      raise ValueError(f"sequence {i}: prompt {prompt.size} + response {response.size} tokens need {n_in} "
-                       f"positions, more than the row length {length}")
-    if used + n_in > length:
-      placed.append([])
-      used = 0
-    placed[-1].append((used, full[:-1], full[1:]))
-    spans.append(Span(len(placed) - 1, used + prompt.size - 1, used + n_in))
-    used += n_in
-  R = len(placed) if rows is None else rows
-  if len(placed) > R:
-    raise ValueError(f"{len(spans)} sequences need {len(placed)} rows of {length} tokens, only {rows} allowed")
+    if prompt.size + response.size - 1 > length and response.size:
+      raise ValueError(f"sequence {i}: prompt {prompt.size} + response {response.size} tokens need "
+                       f"{prompt.size + response.size - 1} positions, more than the row length {length}")
+    fulls.append(np.concatenate([prompt, response]) if response.size else np.zeros(0, np.int32))
+    prompt_lens.append(prompt.size)
+  lengths = [max(full.size - 1, 0) for full in fulls]  # the last token is only a target
+  slots = row_packing.place(lengths, length, in_order=True)
+  needed = max((slot.row + 1 for slot in slots if slot), default=1)
+  R = needed if rows is None else rows
+  if needed > R:
+    raise ValueError(f"{len(slots)} sequences need {needed} rows of {length} tokens, only {rows} allowed")
+  positions, segments = row_packing.positions_and_segments(slots, lengths, R, length)
   tokens = np.full((R, length), pad_id, np.int32)
   targets = np.full((R, length), pad_id, np.int32)
-  positions = np.zeros((R, length), np.int32)
-  segments = np.zeros((R, length), np.int32)
-  for r, row in enumerate(placed):
-    for s, (start, inputs, outs) in enumerate(row):
-      stop = start + inputs.size
-      tokens[r, start:stop], targets[r, start:stop] = inputs, outs
-      positions[r, start:stop] = np.arange(inputs.size)
-      segments[r, start:stop] = s + 1
+  spans = []
+  for full, p, n, slot in zip(fulls, prompt_lens, lengths, slots):
+    if slot is None:  # an empty response takes no room
+      spans.append(Span(0, 0, 0))
+      continue
+    tokens[slot.row, slot.start:slot.start + n], targets[slot.row, slot.start:slot.start + n] = full[:-1], full[1:]
+    spans.append(Span(slot.row, slot.start + p - 1, slot.start + n))
   return PackedBatch(tokens, positions, segments, targets, tuple(spans))
 
 

@@ -103,22 +103,3 @@ def _scatter_add(x_BCV, ids_BCK, values_BCK):
 
 
 _chunk_bucket_logprobs.defvjp(_chunk_fwd, _chunk_bwd)
-
-
-def chunked_token_divergence(
-  hidden_BTD: jax.Array,
-  lm_head_DV: jax.Array,
-  teacher: losses.TeacherSignal,
-  *,
-  kind: str,
-  chunk_size: int,
-  temperature: float = 1.0,
-  vocab_size: int | None = None,
-  akl_mu: float = 0.5,
-  jsd_beta: float = 0.5,
-) -> jax.Array:
-  """`token_divergence` of the logits `hidden @ lm_head`, made chunk by chunk over T."""
-  log_q_BTN = chunked_student_bucket_logprobs(
-    hidden_BTD, lm_head_DV, teacher.ids_BTK, chunk_size=chunk_size, temperature=temperature, vocab_size=vocab_size
-  )
-  return losses.divergence(losses.teacher_bucket_logprobs(teacher), log_q_BTN, kind=kind, akl_mu=akl_mu, jsd_beta=jsd_beta)

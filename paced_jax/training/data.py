@@ -46,7 +46,7 @@ class WeightedProblems:
   def summary(self) -> dict:
     w = np.array([self.weight[p.id] for p in self.problems], np.float64)
     return {"kept": len(self.problems), "dropped": self.dropped, "K": self.K,
-            "ess": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-30)), "mean_weight": float(w.mean()) if len(w) else 0.0}
+            "ess": float(weights_lib.effective_sample_size(w.sum(), (w ** 2).sum())), "mean_weight": float(w.mean()) if len(w) else 0.0}
 
 
 def weighted_problems(cfg: ExperimentConfig, round_: int | None = None) -> WeightedProblems:

@@ -5,10 +5,10 @@ its top-k token ids with their log-probs under its *full* softmax, plus the mass
 top-k (its tail). The student's full softmax is folded onto the same k+1 buckets, and the
 divergence is taken between the two (k+1)-bucket distributions. That is exact when k = V and a
 lower bound otherwise (merging buckets never increases a KL). Dense teacher logits are the
-k = V case (`dense_to_sparse`), so each divergence has exactly one implementation.
+k = V case (tests/loss_refs.py: `dense_to_sparse`), so each divergence has exactly one implementation.
 
   student logits [B,T,V] --> bucket log-probs [B,T,N] --> divergence [B,T] --> loss []
-  (or hidden states, in      (teacher's and student's)    (fkl/rkl/akl/jsd)   (per packed sequence,
+  (or hidden states, in      (teacher's and student's)    (DIVERGENCES)       (per packed sequence,
    chunks of T: chunked_logprobs.py)                                           weighted, reduced)
 
 Axis legend:
@@ -20,15 +20,16 @@ All math is float32, whatever the dtype of the inputs.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from paced_jax.config import WEIGHT_NORMS
+from paced_jax.config import ConfigError, WEIGHT_NORMS
 
 F32 = jnp.float32
-DIVERGENCES = ("fkl", "rkl", "akl", "jsd")
 REDUCTIONS = ("seq_mean", "token_sum")
 
 # Smallest tail mass the log sees, for the teacher and the student alike; see `log_tail`.
@@ -45,16 +46,6 @@ class TeacherSignal(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # Bucket log-probs.
-
-
-def dense_to_sparse(
-  teacher_logits_BTV: jax.Array, *, vocab_size: int | None = None, temperature: float = 1.0
-) -> TeacherSignal:
-  """The k = V teacher signal of dense logits: every real token is a bucket, the tail is empty."""
-  logits_BTV = teacher_logits_BTV[..., :vocab_size].astype(F32) / temperature
-  B, T, V = logits_BTV.shape
-  ids_BTV = jnp.broadcast_to(jnp.arange(V, dtype=jnp.int32), (B, T, V))
-  return TeacherSignal(ids_BTV, jax.nn.log_softmax(logits_BTV, axis=-1), jnp.zeros((B, T), F32))
 
 
 def log_tail(tail_mass: jax.Array) -> jax.Array:
@@ -120,6 +111,58 @@ def fold_onto_buckets(logits_BTV: jax.Array, teacher_ids_BTK: jax.Array):
 
 
 # ---------------------------------------------------------------------------------------------
+# The divergence registry: name -> function. Config validation, the trainer, the SNR stage and the
+# AOT tool read their lists from it. A function's keyword-only arguments are its hyperparameters;
+# the config sets them as `train.loss_params.<name>.<argument>` (presets.default_config lists
+# every one with its default). A new divergence is one decorated function below plus its test.
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+  fn: Callable[..., jax.Array]  # (log_p_BTN, log_q_BTN, **hyperparameters) -> [B, T]
+  params: type  # frozen dataclass of the keyword-only hyperparameters (no fields: none)
+
+
+DIVERGENCES: dict[str, Divergence] = {}
+
+
+def register(name: str):
+  """Decorator: make `fn(log_p_BTN, log_q_BTN, *, hyperparameters=defaults)` the divergence `name`."""
+  def add(fn):
+    fields = [(n, p.annotation if isinstance(p.annotation, type) else float, dataclasses.field(default=p.default))
+              for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    DIVERGENCES[name] = Divergence(fn, dataclasses.make_dataclass(f"{name}_params", fields, frozen=True))
+    return fn
+  return add
+
+
+def hyperparameters(name: str, given: Mapping[str, Mapping[str, Any]] | None = None, where: str = "config.train"):
+  """The frozen hyperparameters of divergence `name`: its defaults updated by `given[name]`.
+
+  `given` is the config's `train.loss_params` ({divergence: {argument: value}}); every key is checked
+  against the registry, so a mistyped name or argument is an error naming the field.
+  """
+  if name not in DIVERGENCES:
+    raise ConfigError(f"{where}.loss: {name!r} is not a registered divergence ({', '.join(DIVERGENCES)})")
+  given = dict(given or {})
+  for other, values in given.items():
+    if other not in DIVERGENCES:
+      raise ConfigError(f"{where}.loss_params.{other}: no such divergence ({', '.join(DIVERGENCES)})")
+    known = {f.name for f in dataclasses.fields(DIVERGENCES[other].params)}
+    for key in values:
+      if key not in known:
+        raise ConfigError(f"{where}.loss_params.{other}.{key}: {other} has no such hyperparameter "
+                          f"({', '.join(sorted(known)) or 'it has none'})")
+  return DIVERGENCES[name].params(**given.get(name, {}))
+
+
+def divergence(log_p_BTN: jax.Array, log_q_BTN: jax.Array, name: str, params=None) -> jax.Array:
+  """Per-token divergence [B, T] of the registered `name`, with `params` from `hyperparameters` (None: defaults)."""
+  entry = DIVERGENCES[name]
+  return entry.fn(log_p_BTN, log_q_BTN, **dataclasses.asdict(params if params is not None else entry.params()))
+
+
+# ---------------------------------------------------------------------------------------------
 # Divergences between two bucket distributions; each maps [B, T, N] x [B, T, N] -> [B, T].
 
 
@@ -131,16 +174,19 @@ def _kl(log_a_BTN: jax.Array, log_b_BTN: jax.Array) -> jax.Array:
   return jnp.sum(a_BTN * log_ratio_BTN, axis=-1)
 
 
+@register("fkl")
 def forward_kl(log_p_BTN: jax.Array, log_q_BTN: jax.Array) -> jax.Array:
   """KL(p || q): mass-covering; the distillation track's loss."""
   return _kl(log_p_BTN, log_q_BTN)
 
 
+@register("rkl")
 def reverse_kl(log_p_BTN: jax.Array, log_q_BTN: jax.Array) -> jax.Array:
   """KL(q || p): mode-seeking; the self-distillation track's loss. Differentiates both q factors."""
   return _kl(log_q_BTN, log_p_BTN)
 
 
+@register("akl")
 def adaptive_kl(log_p_BTN: jax.Array, log_q_BTN: jax.Array, *, mu: float = 0.5) -> jax.Array:
   """AKL (Wu et al. 2024): FKL and RKL mixed by how far q is from p on the teacher's head vs tail.
 
@@ -165,48 +211,13 @@ def adaptive_kl(log_p_BTN: jax.Array, log_q_BTN: jax.Array, *, mu: float = 0.5) 
   return head_share_BT * fkl_BT + (1.0 - head_share_BT) * rkl_BT
 
 
+@register("jsd")
 def jensen_shannon(log_p_BTN: jax.Array, log_q_BTN: jax.Array, *, beta: float = 0.5) -> jax.Array:
   """JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m), with m = beta p + (1 - beta) q."""
   if not 0.0 < beta < 1.0:
     raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
   log_m_BTN = jnp.logaddexp(jnp.log(beta) + log_p_BTN, jnp.log1p(-beta) + log_q_BTN)
   return beta * _kl(log_p_BTN, log_m_BTN) + (1.0 - beta) * _kl(log_q_BTN, log_m_BTN)
-
-
-def divergence(
-  log_p_BTN: jax.Array, log_q_BTN: jax.Array, *, kind: str, akl_mu: float = 0.5, jsd_beta: float = 0.5
-) -> jax.Array:
-  """Per-token divergence [B, T] of the named `kind`: "fkl", "rkl", "akl" or "jsd"."""
-  if kind == "fkl":
-    return forward_kl(log_p_BTN, log_q_BTN)
-  if kind == "rkl":
-    return reverse_kl(log_p_BTN, log_q_BTN)
-  if kind == "akl":
-    return adaptive_kl(log_p_BTN, log_q_BTN, mu=akl_mu)
-  if kind == "jsd":
-    return jensen_shannon(log_p_BTN, log_q_BTN, beta=jsd_beta)
-  raise ValueError(f"unknown divergence kind {kind!r}; expected one of {DIVERGENCES}")
-
-
-def token_divergence(
-  student_logits_BTV: jax.Array,
-  teacher: TeacherSignal,
-  *,
-  kind: str,
-  temperature: float = 1.0,
-  vocab_size: int | None = None,
-  akl_mu: float = 0.5,
-  jsd_beta: float = 0.5,
-) -> jax.Array:
-  """Per-token divergence [B, T] between the teacher signal and the student's logits.
-
-  `temperature` divides the student's logits here; the teacher's were divided by the same value
-  when its signal was computed (teacher scoring, or `dense_to_sparse`). There is no T^2 factor.
-  """
-  log_q_BTN = student_bucket_logprobs(
-    student_logits_BTV, teacher.ids_BTK, temperature=temperature, vocab_size=vocab_size
-  )
-  return divergence(teacher_bucket_logprobs(teacher), log_q_BTN, kind=kind, akl_mu=akl_mu, jsd_beta=jsd_beta)
 
 
 # ---------------------------------------------------------------------------------------------

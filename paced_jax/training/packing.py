@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from paced_jax.model import packing as row_packing
 from paced_jax.training.train_step import Batch
 
 
@@ -39,32 +40,21 @@ def truncate(ex: Example, seq_len: int) -> Example | None:
 def pack(examples: Sequence[Example], rows: int, seq_len: int, top_k: int, pad_id: int = 0,
          logprob_dtype=np.float32) -> tuple[Batch, int]:
   """First-fit packing into `rows` rows of `seq_len`; returns (numpy Batch, sequences dropped)."""
-  tokens = np.full((rows, seq_len), pad_id, np.int32)
-  positions = np.zeros((rows, seq_len), np.int32)
-  segments = np.zeros((rows, seq_len), np.int32)
-  loss_mask = np.zeros((rows, seq_len), np.float32)
-  weight = np.zeros((rows, seq_len), np.float32)
-  bucket = np.zeros((rows, seq_len), np.int32)
-  t_ids = np.zeros((rows, seq_len, top_k), np.int32)
-  t_logprobs = np.zeros((rows, seq_len, top_k), logprob_dtype)
-  t_tail = np.zeros((rows, seq_len), np.float32)
-  fill = np.zeros(rows, np.int64)
-  count = np.zeros(rows, np.int32)
-  dropped = 0
-  for ex in examples:
-    ex = truncate(ex, seq_len)
-    n = 0 if ex is None else len(ex.tokens)
-    free = np.nonzero(fill + n <= seq_len)[0] if ex is not None else []
-    if len(free) == 0:
-      dropped += 1
+  examples = [truncate(ex, seq_len) for ex in examples]
+  lengths = [0 if ex is None else len(ex.tokens) for ex in examples]
+  slots = row_packing.place(lengths, seq_len, rows=rows)
+  positions, segment_ids = row_packing.positions_and_segments(slots, lengths, rows, seq_len)
+  b = Batch.zeros(rows, seq_len, top_k, teacher_logprobs=logprob_dtype)._replace(positions=positions,
+                                                                                 segment_ids=segment_ids)
+  b.tokens[:] = pad_id
+  for ex, slot, n in zip(examples, slots, lengths):
+    if slot is None:
       continue
-    r = free[0]
-    o, count[r] = fill[r], count[r] + 1
-    span = slice(o, o + n)
-    tokens[r, span], positions[r, span], segments[r, span] = ex.tokens, np.arange(n), count[r]
-    weight[r, span], bucket[r, span] = ex.weight, ex.pass_bucket
+    r, o, _ = slot
+    b.tokens[r, o:o + n] = ex.tokens
+    b.weight[r, o:o + n], b.pass_bucket[r, o:o + n] = ex.weight, ex.pass_bucket
     resp = slice(o + ex.prompt_len - 1, o + n - 1)  # predictions of response tokens 0 .. n-P-1
-    loss_mask[r, resp] = 1.0
-    t_ids[r, resp], t_logprobs[r, resp], t_tail[r, resp] = ex.teacher_ids, ex.teacher_logprobs, ex.teacher_tail
-    fill[r] += n
-  return Batch(tokens, positions, segments, loss_mask, weight, t_ids, t_logprobs, t_tail, bucket), dropped
+    b.loss_mask[r, resp] = 1.0
+    b.teacher_ids[r, resp], b.teacher_logprobs[r, resp] = ex.teacher_ids, ex.teacher_logprobs
+    b.teacher_tail[r, resp] = ex.teacher_tail
+  return b, sum(slot is None for slot in slots)

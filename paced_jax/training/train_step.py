@@ -1,40 +1,59 @@
 """The PACED train step: one pure function from (state, batch) to (state, metrics).
 
-Axis legend: B rows, T tokens per row, K teacher top-k, N = K + 1 buckets, S packed sequences
-per row, M micro-batches, G pass-rate buckets (K_rollouts + 1).
-
 The teacher never runs here: its top-k signal arrives in the batch. Forks change the objective
-in `losses.py` and `loss_and_metrics` below; `jit_train_step` is the only place it is compiled.
+in `losses.py` (a registered divergence) and `loss_and_metrics` below; `jit_train_step` is the
+only place it is compiled. Axis letters: paced_jax/__init__.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+import typing
+from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from paced_jax import mesh as mesh_lib
-from paced_jax.training import chunked_logprobs
-from paced_jax.training import losses
-from paced_jax.training import weights
+from paced_jax.config import ExperimentConfig, TrainConfig
+from paced_jax.training import chunked_logprobs, losses, weights
 
 
 class Batch(NamedTuple):
-  """Global arrays, sharded over the batch axes (DESIGN.md section 2)."""
-  tokens: jax.Array            # int32 [B, T]
-  positions: jax.Array         # int32 [B, T] position within its sequence
-  segment_ids: jax.Array       # int32 [B, T] packed sequence id, 0 = padding
-  loss_mask: jax.Array         # [B, T] 1 where the next-token distribution is trained
-  weight: jax.Array            # f32 [B, T] problem weight w(p) of the token's sequence
-  teacher_ids: jax.Array       # int32 [B, T, K]
-  teacher_logprobs: jax.Array  # [B, T, K] log-probs under the teacher's full softmax
-  teacher_tail: jax.Array      # f32 [B, T] teacher mass outside the top-k
-  pass_bucket: jax.Array       # int32 [B, T] correct-rollout count of the token's problem (metrics)
+  """Global arrays, every one split over the batch axes on its leading B axis (DESIGN.md section 2).
+
+  Each field's axes and dtype are declared here and nowhere else: `shardings` and `zeros` read them.
+  """
+  tokens: Annotated[jax.Array, "BT", "int32"]
+  positions: Annotated[jax.Array, "BT", "int32"]            # position within its sequence
+  segment_ids: Annotated[jax.Array, "BT", "int32"]          # packed sequence id, 0 = padding
+  loss_mask: Annotated[jax.Array, "BT", "float32"]          # 1 where the next-token distribution is trained
+  weight: Annotated[jax.Array, "BT", "float32"]             # problem weight w(p) of the token's sequence
+  teacher_ids: Annotated[jax.Array, "BTK", "int32"]
+  teacher_logprobs: Annotated[jax.Array, "BTK", "float32"]  # log-probs under the teacher's full softmax
+  teacher_tail: Annotated[jax.Array, "BT", "float32"]       # teacher mass outside the top-k
+  pass_bucket: Annotated[jax.Array, "BT", "int32"]          # correct-rollout count of the token's problem (metrics)
+
+  @classmethod
+  def fields(cls) -> dict[str, tuple[str, str]]:
+    """{field: (axes, dtype)}."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {name: hints[name].__metadata__ for name in cls._fields}
+
+  @classmethod
+  def shardings(cls, mesh: Mesh) -> "Batch":
+    return cls(**{name: mesh_lib.batch_sharding(mesh, len(axes)) for name, (axes, _) in cls.fields().items()})
+
+  @classmethod
+  def zeros(cls, rows: int, seq_len: int, top_k: int, **dtypes) -> "Batch":
+    """Host arrays of zeros; `dtypes` overrides a field's dtype (e.g. teacher_logprobs=np.float16)."""
+    sizes = {"B": rows, "T": seq_len, "K": top_k}
+    return cls(**{name: np.zeros([sizes[a] for a in axes], dtypes.get(name, dtype))
+                  for name, (axes, dtype) in cls.fields().items()})
 
 
 class TrainState(NamedTuple):
@@ -47,40 +66,37 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
+  """What the compiled step closes over: the experiment's own settings, as given, and what only the
+  model, the data and the training stage decide. No setting is redeclared here."""
   graphdef: nnx.GraphDef
-  divergence: str = "fkl"           # fkl | rkl | akl | jsd
-  akl_mu: float = 0.5
-  jsd_beta: float = 0.5
-  temperature: float = 1.0
-  valid_vocab: int | None = None    # student logit rows beyond the tokenizer are ignored
-  token_reduction: str = "seq_mean"
-  weight_norm: str = "dataset_mean"
-  loss_chunk: int = 128
-  micro_batches: int = 1
-  num_pass_buckets: int = 9         # K_rollouts + 1
-  # optimizer
-  lr: float = 1e-6
-  schedule: str = "constant"
-  warmup_steps: int = 0
-  total_steps: int = 1
-  weight_decay: float = 0.1
-  grad_clip: float = 1.0
-  b1: float = 0.9
-  b2: float = 0.999
+  train: TrainConfig = TrainConfig()
+  weight_norm: str = "dataset_mean"      # the experiment's weights.norm
+  divergence: str = "fkl"                # this stage's (two_stage runs fkl, then rkl)
+  divergence_params: Any = None          # losses.hyperparameters(divergence, train.loss_params)
+  valid_vocab: int | None = None         # student logit rows beyond the tokenizer are ignored
+  num_pass_buckets: int = 9              # R + 1
+
+
+def step_config(cfg: ExperimentConfig, graphdef: nnx.GraphDef, *, divergence: str, valid_vocab: int | None,
+                num_pass_buckets: int) -> StepConfig:
+  """The step's settings for one stage of an experiment; the divergence name and its
+  hyperparameters are checked against the registry (a ConfigError names the field)."""
+  return StepConfig(graphdef, cfg.train, cfg.weights.norm, divergence,
+                    losses.hyperparameters(divergence, cfg.train.loss_params), valid_vocab, num_pass_buckets)
 
 
 def learning_rate(cfg: StepConfig) -> optax.Schedule:
-  if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2))
-  if cfg.warmup_steps:
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps),
-                                 optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
-  return optax.constant_schedule(cfg.lr)
+  if cfg.train.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.train.lr, max(cfg.train.warmup_steps, 1), max(cfg.train.steps, 2))
+  if cfg.train.warmup_steps:
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.train.lr, cfg.train.warmup_steps),
+                                 optax.constant_schedule(cfg.train.lr)], [cfg.train.warmup_steps])
+  return optax.constant_schedule(cfg.train.lr)
 
 
 def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(learning_rate(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+  return optax.chain(optax.clip_by_global_norm(cfg.train.grad_clip),
+                     optax.adamw(learning_rate(cfg), b1=cfg.train.b1, b2=cfg.train.b2, weight_decay=cfg.train.weight_decay))
 
 
 def init_state(params, cfg: StepConfig, seed: int = 0) -> TrainState:
@@ -94,13 +110,12 @@ def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):
   hidden_BTD = jax.lax.with_sharding_constraint(hidden_BTD, P(mesh_lib.BATCH_AXES, None, None))
   teacher = losses.TeacherSignal(batch.teacher_ids, batch.teacher_logprobs, batch.teacher_tail)
   log_q_BTN = chunked_logprobs.chunked_student_bucket_logprobs(
-      hidden_BTD, model.lm_head_DV(), batch.teacher_ids, chunk_size=cfg.loss_chunk,
-      temperature=cfg.temperature, vocab_size=cfg.valid_vocab)
+      hidden_BTD, model.lm_head_DV(), batch.teacher_ids, chunk_size=cfg.train.loss_chunk,
+      temperature=cfg.train.temperature, vocab_size=cfg.valid_vocab)
   log_p_BTN = losses.teacher_bucket_logprobs(teacher)
-  token_loss_BT = losses.divergence(log_p_BTN, log_q_BTN, kind=cfg.divergence, akl_mu=cfg.akl_mu,
-                                    jsd_beta=cfg.jsd_beta)
+  token_loss_BT = losses.divergence(log_p_BTN, log_q_BTN, cfg.divergence, cfg.divergence_params)
   red = losses.reduce_token_loss(token_loss_BT, batch.loss_mask, batch.segment_ids, batch.weight,
-                                 reduction=cfg.token_reduction, weight_norm=cfg.weight_norm, denominator=denominator)
+                                 reduction=cfg.train.token_reduction, weight_norm=cfg.weight_norm, denominator=denominator)
   mask_BT = (batch.loss_mask > 0) & (batch.segment_ids > 0)
   detached_q = jax.lax.stop_gradient(log_q_BTN)
   T = batch.tokens.shape[1]
@@ -123,10 +138,10 @@ def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):
 
 
 def accumulate_gradients(params, batch: Batch, cfg: StepConfig):
-  """(loss, metric sums, gradients) of the whole batch, summed over `cfg.micro_batches` slices."""
+  """(loss, metric sums, gradients) of the whole batch, summed over `cfg.train.micro_batches` slices."""
   denominator = losses.loss_denominator(batch.loss_mask, batch.segment_ids, batch.weight,
-                                        reduction=cfg.token_reduction, weight_norm=cfg.weight_norm)
-  micro = jax.tree.map(lambda x: x.reshape(cfg.micro_batches, -1, *x.shape[1:]), batch)
+                                        reduction=cfg.train.token_reduction, weight_norm=cfg.weight_norm)
+  micro = jax.tree.map(lambda x: x.reshape(cfg.train.micro_batches, -1, *x.shape[1:]), batch)
   grad_fn = jax.value_and_grad(lambda p, b: loss_and_metrics(p, b, denominator, cfg), has_aux=True)
 
   def accumulate(carry, micro_batch):
@@ -154,7 +169,7 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig) -> tuple[Tra
       "loss": loss, "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32),
       "fkl": sums["fkl_sum"] / tokens, "rkl": sums["rkl_sum"] / tokens,
       "tokens": sums["tokens"], "sequences": sums["sequences"],
-      "ess": sums["weight_sum"] ** 2 / jnp.maximum(sums["weight_sq_sum"], 1e-30),
+      "ess": weights.effective_sample_size(sums["weight_sum"], sums["weight_sq_sum"]),
       "bucket_loss": sums["bucket_loss_sum"] / jnp.maximum(sums["bucket_count"], 1.0),
       "bucket_count": sums["bucket_count"],
   }
@@ -171,9 +186,8 @@ def state_shardings(state: TrainState, param_shardings, mesh: Mesh, cfg: StepCon
 
 def jit_train_step(cfg: StepConfig, state_sharding: TrainState, mesh: Mesh):
   """The one compiled train step: shardings declared at the boundary, the state donated."""
-  batch_sharding = Batch(*(mesh_lib.batch_sharding(mesh, n) for n in (2, 2, 2, 2, 2, 3, 3, 2, 2)))
   step = jax.jit(lambda state, batch: train_step(state, batch, cfg=cfg),
-                 in_shardings=(state_sharding, batch_sharding),
+                 in_shardings=(state_sharding, Batch.shardings(mesh)),
                  out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=(0,))
 
   def run(state: TrainState, batch: Batch):

@@ -32,27 +32,19 @@ from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
 
-LOSS_KINDS = {"forward_kl": "fkl", "reverse_kl": "rkl", "akl": "akl", "jsd": "jsd"}
-
-
 def stage_of(cfg: ExperimentConfig, step: int) -> tuple[str, str]:
-  """(data source, divergence) of a step: ('offline' | 'on_policy', 'fkl' | 'rkl' | ...)."""
+  """(data source, divergence) of a step: ('offline' | 'on_policy', a registered divergence name)."""
   if cfg.track == "two_stage":
     first = step < int(cfg.train.stage1_fraction * cfg.train.steps)
-    # The schedule is forward then reverse KL; an explicitly chosen AKL / JSD replaces both.
-    kind = LOSS_KINDS[cfg.train.loss] if cfg.train.loss in ("akl", "jsd") else ("fkl" if first else "rkl")
+    # The schedule is forward then reverse KL; any other chosen divergence (AKL, JSD, ...) replaces both.
+    kind = cfg.train.loss if cfg.train.loss not in ("fkl", "rkl") else ("fkl" if first else "rkl")
     return ("offline" if first else "on_policy"), kind
-  return ("offline" if cfg.track == "distill" else "on_policy"), LOSS_KINDS[cfg.train.loss]
+  return ("offline" if cfg.track == "distill" else "on_policy"), cfg.train.loss
 
 
 def step_config(cfg: ExperimentConfig, student: LoadedModel, divergence: str, num_pass_buckets: int) -> ts.StepConfig:
-  t = cfg.train
-  return ts.StepConfig(
-      graphdef=student.graphdef, divergence=divergence, akl_mu=t.akl_mu, jsd_beta=t.jsd_beta,
-      temperature=t.temperature, valid_vocab=student.valid_vocab, token_reduction=t.token_reduction,
-      weight_norm=cfg.weights.norm, loss_chunk=t.loss_chunk, micro_batches=t.micro_batches,
-      num_pass_buckets=num_pass_buckets, lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
-      total_steps=t.steps, weight_decay=t.weight_decay, grad_clip=t.grad_clip, b1=t.b1, b2=t.b2)
+  return ts.step_config(cfg, student.graphdef, divergence=divergence, valid_vocab=student.valid_vocab,
+                        num_pass_buckets=num_pass_buckets)
 
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
@@ -149,7 +141,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   state, sharding = _state_and_sharding(cfg, student, next(iter(steps.values())))
   state = jax.device_put(state, sharding)
   jitted = {div: ts.jit_train_step(scfg, sharding, mesh) for div, scfg in steps.items()}
-  batch_sharding = ts.Batch(*(mesh_lib.batch_sharding(mesh, n) for n in (2, 2, 2, 2, 2, 3, 3, 2, 2)))
+  batch_sharding = ts.Batch.shardings(mesh)
 
   mngr = checkpoint_manager(cfg.workdir)
   start = mngr.latest_step() or 0
@@ -176,7 +168,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         sampler = Sampler.for_model(student, state.params)
         examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg)
       batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
-      batch = ts.Batch(*map(mesh_lib.from_host, batch_np, batch_sharding))
+      batch = jax.tree.map(mesh_lib.from_host, batch_np, batch_sharding)
       state, metrics = jitted[div](state, batch)
       m = jax.device_get(metrics)
       seconds = time.perf_counter() - tic

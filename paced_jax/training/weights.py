@@ -4,8 +4,8 @@ Host side, once over the dataset: `problem_weights` turns each problem's count o
 rollouts into a weight and a keep mask. In the step: `effective_sample_size` and
 `per_bucket_sums` (jnp, jit-friendly) feed the metrics.
 
-Axis legend: P problems in the dataset, S sequences (any shape works where S is written), G
-pass-rate buckets (K + 1).
+Axis letters (paced_jax/__init__.py): P problems, A pass-rate buckets (R + 1); S here is any
+shape of sequences.
 """
 
 from __future__ import annotations
@@ -74,16 +74,9 @@ def problem_weights(correct, K: int, cfg: WeightConfig) -> tuple[np.ndarray, np.
   return w_P.astype(np.float32), keep_P
 
 
-def effective_sample_size(w_S) -> jax.Array:
-  """(sum w)^2 / sum w^2: n for n equal weights, 1 if one weight holds everything, 0 if all are 0."""
-  w_S = jnp.asarray(w_S, jnp.float32)
-  sum_sq = jnp.sum(w_S**2)
-  return jnp.where(sum_sq > 0, jnp.sum(w_S) ** 2 / jnp.where(sum_sq > 0, sum_sq, 1.0), 0.0)
-
-
-def pass_rate_bucket(correct) -> np.ndarray:
-  """Bucket of a problem for per-pass-rate metrics: its correct count, one of 0..K."""
-  return np.asarray(correct, dtype=np.int32)
+def effective_sample_size(weight_sum, weight_sq_sum):
+  """(sum w)^2 / sum w^2 from the two sums: n for n equal weights, 1 if one holds everything, 0 if all are 0."""
+  return weight_sum ** 2 / jnp.maximum(weight_sq_sum, 1e-30)
 
 
 def per_bucket_sums(value_S, bucket_S, valid_S, num_buckets: int) -> tuple[jax.Array, jax.Array]:
