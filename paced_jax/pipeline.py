@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import evaluate
 from paced_jax.model import hf_checkpoint
@@ -32,7 +33,7 @@ def run(cfg: ExperimentConfig) -> str:
   """Run every stage of `cfg` in its workspace; returns the report's path."""
   tic = time.time()
   os.makedirs(cfg.workdir, exist_ok=True)
-  artifacts.write_json(os.path.join(cfg.workdir, "config.json"), to_json(cfg))
+  artifacts.write_json(workspace.config_file(cfg.workdir), to_json(cfg))
   offline = any(trainer.stage_of(cfg, s)[0] == "offline" for s in range(cfg.train.steps))
   stages = ["prepare problems", "load models", "pass rates"] + (["references + teacher signal"] if offline else []) + [
       "evaluate initial student", "train", "evaluate trained student", "report"]
@@ -69,7 +70,7 @@ def run(cfg: ExperimentConfig) -> str:
   trained_step, params = trainer.restore_params(cfg, student)
   final = evaluate.evaluate(cfg, student, params=params, tag="final",
                             fingerprint=f"{student.fingerprint}@step{trained_step}")
-  export_dir = os.path.join(cfg.workdir, "export")
+  export_dir = workspace.export_dir(cfg.workdir)
   if not os.path.exists(os.path.join(export_dir, "config.json")):
     hf_checkpoint.export_hf(params, student.cfg, export_dir, tokenizer_dir=student.model_dir)
 

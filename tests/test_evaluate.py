@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from paced_jax import workspace
 from paced_jax import artifacts, config as config_lib
 from paced_jax.evaluation import benchmarks
 from paced_jax.evaluation import evaluate
@@ -96,7 +97,7 @@ def test_stage_files_accuracy_and_resume(tmp_path, bench_file, monkeypatch):
   assert s["greedy_pass1"] == pytest.approx(0.5) and s["histogram"] == [1, 1, 2]
   assert (s["k"], s["n_problems"], s["model_fingerprint"], s["tag"]) == (2, 4, "fake-model", "initial")
   assert s["sampling"]["temperature"] == 0.7 and s["sampling"]["top_k"] == 20
-  directory = evaluate.eval_dir(cfg.workdir, "initial")
+  directory = workspace.eval_dir(cfg.workdir, "initial")
   assert sorted(os.listdir(directory)) == ["manifest.json", "toy.json", "toy.responses.jsonl"]
   assert artifacts.read_json(os.path.join(directory, "toy.json")) == s
   records = evaluate.read_responses(os.path.join(directory, "toy.responses.jsonl"))
@@ -128,11 +129,11 @@ def test_killed_run_resumes_from_parts(tmp_path, bench_file, monkeypatch):
   monkeypatch.setattr(evaluate, "_chunk_records", dies_on_third_chunk)
   with pytest.raises(KeyboardInterrupt):
     evaluate.evaluate(cfg, model, tag="t")
-  parts = os.listdir(os.path.join(evaluate.eval_dir(cfg.workdir, "t"), "parts-bench"))
+  parts = os.listdir(os.path.join(workspace.eval_dir(cfg.workdir, "t"), "parts-bench"))
   assert sorted(p for p in parts if p.startswith("part-")) == ["part-00000.jsonl", "part-00001.jsonl"]
   summary = evaluate.evaluate(cfg, model, tag="t")["benchmarks"]["bench"]
   assert len(calls) == 5 and summary["accuracy"] == pytest.approx(0.625)  # 2 done, 1 killed, 2 to go
-  assert not os.path.exists(os.path.join(evaluate.eval_dir(cfg.workdir, "t"), "parts-bench"))
+  assert not os.path.exists(os.path.join(workspace.eval_dir(cfg.workdir, "t"), "parts-bench"))
 
 
 @pytest.mark.parametrize("rows, match", [
@@ -186,7 +187,7 @@ def test_real_tiny_model(tmp_path):
   s = result["benchmarks"]["heldout"]
   K = cfg.eval.sampling.num_samples
   assert (s["n_problems"], s["k"], s["model_fingerprint"]) == (cfg.problems.n_heldout, K, student.fingerprint)
-  records = evaluate.read_responses(os.path.join(evaluate.eval_dir(cfg.workdir, "initial"), "heldout.responses.jsonl"))
+  records = evaluate.read_responses(os.path.join(workspace.eval_dir(cfg.workdir, "initial"), "heldout.responses.jsonl"))
   assert len(records) == cfg.problems.n_heldout and all(len(r["responses"]) == K for r in records)
   assert s["accuracy"] == pytest.approx(np.mean([r["correct"] / K for r in records]))
   r = result["retain"]

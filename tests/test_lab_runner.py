@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 
+from paced_jax import workspace
 from paced_jax import artifacts, config as config_lib
 from paced_jax.lab import config as lab_config
 from paced_jax.lab import report as lab_report
@@ -82,7 +83,7 @@ def test_smoke_lab_end_to_end(tmp_path, capsys):
   student, teacher = lab_runner.prepare_shared(lab)
   records = lab_runner.run_all(lab, student, teacher)
   assert len(records) == len(lab.tracks) * len(lab.methods) * len(lab.seeds) == 6
-  run = lab_runner.run_dir(lab, "distill", "paced", 0)
+  run = workspace.lab_run_dir(lab.workdir, "distill", "paced", 0)
   assert os.path.islink(os.path.join(run, "pass_rates")) and os.path.exists(os.path.join(run, "eval", "final"))
   assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == lab.experiment.train.steps
   assert lab_runner.run_all(lab, student, teacher) == records  # finished runs are read back, not redone

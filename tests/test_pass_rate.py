@@ -5,6 +5,7 @@ import os
 import jax
 import pytest
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import pass_rate
 from stage_fixtures import load_student, tiny_experiment
@@ -46,7 +47,7 @@ def test_killed_run_resumes_to_identical_file(tmp_path, student, monkeypatch):
   monkeypatch.setattr(pass_rate, "_chunk_records", dies_on_third_chunk)
   with pytest.raises(KeyboardInterrupt):
     pass_rate.run(cfg, student)
-  parts = os.listdir(os.path.join(pass_rate.round_dir(cfg.workdir, 0), "parts"))
+  parts = os.listdir(os.path.join(workspace.pass_rates_dir(cfg.workdir, 0), "parts"))
   assert sorted(p for p in parts if p.startswith("part-")) == ["part-00000.jsonl", "part-00001.jsonl"]
   monkeypatch.setattr(pass_rate, "_chunk_records", real)
   resumed = pass_rate.run(cfg, student)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.training import weights as weights_lib
 
@@ -65,13 +66,13 @@ def load_run(workdir: str) -> Run:
   if isinstance(config, dict) and "train" not in config and isinstance(config.get("config"), dict):
     config = config["config"]  # tolerate a wrapper {"config": {...}, ...}
   config = config if isinstance(config, dict) else None
-  metrics_path = os.path.join(workdir, "metrics", "train.jsonl")
+  metrics_path = workspace.train_metrics_file(workdir)
   metrics = None
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       metrics = [json.loads(line) for line in f if line.strip()] or None
   evals, retain = {}, {}
-  for d in sorted(glob.glob(os.path.join(workdir, "eval", "*", "")), key=lambda d: _tag_key(os.path.basename(d[:-1]))):
+  for d in sorted(glob.glob(os.path.join(workspace.eval_root(workdir), "*", "")), key=lambda d: _tag_key(os.path.basename(d[:-1]))):
     tag = os.path.basename(d[:-1])
     benches = {}
     for path in sorted(glob.glob(os.path.join(d, "*.json"))):
@@ -166,7 +167,7 @@ def _config_section(w: _Writer, run: Run) -> None:
 
 def _pass_rate_section(w: _Writer, run: Run) -> list[int] | None:
   w.section("Pass rates")
-  rounds = sorted(glob.glob(os.path.join(run.workdir, "pass_rates", "*", artifacts.MANIFEST)))
+  rounds = sorted(glob.glob(os.path.join(workspace.pass_rates_root(run.workdir), "*", artifacts.MANIFEST)))
   manifest = _read_json(rounds[0]) if rounds else None
   hist = manifest.get("histogram") if isinstance(manifest, dict) else None
   if not hist:
@@ -322,13 +323,13 @@ def _forgetting_section(w: _Writer, runs: Sequence[Run]) -> None:
 
 def _snr_section(w: _Writer, run: Run) -> None:
   w.section("Gradient SNR")
-  csvs = glob.glob(os.path.join(run.workdir, "snr", "*", "snr.csv"))
+  csvs = glob.glob(os.path.join(workspace.snr_root(run.workdir), "*", "snr.csv"))
   tags = sorted(os.path.basename(os.path.dirname(p)) for p in csvs)
   if not tags:
     w.add("snr/: missing (run `python -m paced_jax.tools.snr`).")
     return
   for tag in tags:
-    directory = os.path.join(run.workdir, "snr", tag)
+    directory = workspace.snr_dir(run.workdir, tag)
     manifest = _read_json(os.path.join(directory, artifacts.MANIFEST)) or {}
     what = (f"Divergence `{manifest['divergence']}` on `{manifest['source']}` sequences, gradients "
             f"{'count-sketched' if manifest.get('projection') == 'count_sketch' else 'kept'} to D = {manifest['dim']}"
@@ -347,7 +348,7 @@ def _snr_section(w: _Writer, run: Run) -> None:
 
 def build_report(workdir: str, *, compare: Sequence[str] = ()) -> str:
   """Write WORKDIR/report/report.md and its plots; returns the markdown's path."""
-  out = os.path.join(workdir, "report")
+  out = workspace.report_dir(workdir)
   os.makedirs(out, exist_ok=True)
   run = load_run(workdir)
   others = [load_run(d) for d in compare]

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import pass_rate
 from paced_jax.analysis import snr_stats
@@ -138,10 +139,6 @@ def per_problem_gradients(params, rows: ts.Batch, scfg: ts.StepConfig, mesh, *, 
 # The stage.
 
 
-def snr_dir(workdir: str, tag: str) -> str:
-  return os.path.join(workdir, "snr", tag)
-
-
 def settings(cfg: ExperimentConfig, **overrides) -> snr_stats.SNRConfig:
   """cfg.snr (when the config has it) or the defaults, with the non-None overrides applied."""
   base = getattr(cfg, "snr", None) or snr_stats.SNRConfig()
@@ -151,7 +148,7 @@ def settings(cfg: ExperimentConfig, **overrides) -> snr_stats.SNRConfig:
 def _source_and_divergence(cfg: ExperimentConfig, s: snr_stats.SNRConfig) -> tuple[str, str]:
   source = s.source
   if source == "auto":
-    has_store = os.path.exists(os.path.join(teacher_stage.directory(cfg.workdir), artifacts.MANIFEST))
+    has_store = os.path.exists(os.path.join(workspace.teacher_dir(cfg.workdir), artifacts.MANIFEST))
     source = "offline" if has_store else "on_policy"
   if s.divergence != "auto":
     return source, s.divergence
@@ -189,9 +186,9 @@ def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, ta
   round_ = pass_rate.latest_round(cfg.workdir) if s.round < 0 else s.round
   if round_ is None:
     raise FileNotFoundError(f"{cfg.workdir}/pass_rates: no finished round; run the pass_rate stage first")
-  rate_dir = pass_rate.round_dir(cfg.workdir, round_)
+  rate_dir = workspace.pass_rates_dir(cfg.workdir, round_)
   source, divergence = _source_and_divergence(cfg, s)
-  directory = snr_dir(cfg.workdir, tag)
+  directory = workspace.snr_dir(cfg.workdir, tag)
   expected = {"tag": tag, "model_fingerprint": fingerprint, "pass_rates": os.path.relpath(rate_dir, cfg.workdir),
               "source": source, "divergence": divergence, "settings": to_json(s),
               "projection": "count_sketch" if s.dim else "none", "weights": to_json(cfg.weights),

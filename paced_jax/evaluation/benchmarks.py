@@ -20,6 +20,7 @@ import os
 import re
 from typing import Any, Sequence
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems.prepare import read_problems
 from paced_jax.problems.records import AIME_FIELDS, MATH500_FIELDS, FieldMap, Problem, load_problem_file
@@ -103,7 +104,7 @@ def load_benchmark(spec: str, workdir: str) -> Benchmark:
   if target == HELDOUT:
     if any(k.startswith("field") for k in options):
       raise BenchmarkError(f"benchmark {spec!r}: heldout problems are already normalised; field options do not apply")
-    problems_dir = os.path.join(workdir, "problems")
+    problems_dir = workspace.problems_dir(workdir)
     if not os.path.exists(os.path.join(problems_dir, artifacts.MANIFEST)):
       raise BenchmarkError(f"benchmark {spec!r}: {problems_dir} is not prepared; run the prepare stage first "
                            f"(python -m paced_jax.tools.prepare --workdir={workdir} ...)")

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import benchmarks as benchmarks_lib
 from paced_jax.problems import prompts as prompts_lib
@@ -39,10 +40,6 @@ SUMMARY_KIND = "eval_benchmark"
 CHUNK_PROBLEMS = 64
 BASELINE_TAG = "initial"   # forgetting is measured against this tag's retain accuracy
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-def eval_dir(workdir: str, tag: str) -> str:
-  return os.path.join(workdir, "eval", tag)
 
 
 def mean_at_k(correct: Sequence[int], k: int) -> tuple[float | None, float | None]:
@@ -133,7 +130,7 @@ def _read_summary(path: str, expected: dict) -> dict:
 def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_lib.Benchmark, *, tag: str,
                   fingerprint: str, params=None, grader: Grader | None = None) -> dict:
   """Evaluate (or resume, or reuse) one benchmark; returns its summary."""
-  directory = eval_dir(cfg.workdir, tag)
+  directory = workspace.eval_dir(cfg.workdir, tag)
   summary_path = os.path.join(directory, f"{bench.name}.json")
   responses_path = os.path.join(directory, f"{bench.name}.responses.jsonl")
   expected = _identity(cfg, bench, tag, fingerprint)
@@ -202,7 +199,7 @@ def evaluate(cfg: ExperimentConfig, model: LoadedModel, *, params: nnx.State | N
   if not _TAG_RE.match(tag):
     raise ValueError(f"tag {tag!r} is not a plain directory name (letters, digits, _.+-)")
   fingerprint = _model_fingerprint(model, params, fingerprint)
-  directory = eval_dir(cfg.workdir, tag)
+  directory = workspace.eval_dir(cfg.workdir, tag)
   previous = {}
   if os.path.exists(os.path.join(directory, artifacts.MANIFEST)):
     previous = artifacts.read_manifest(directory, KIND)
@@ -217,7 +214,7 @@ def evaluate(cfg: ExperimentConfig, model: LoadedModel, *, params: nnx.State | N
   retain_summary = None
   if cfg.eval.retain_set:
     retain_summary = retain.run(cfg, model, directory=directory, tag=tag, fingerprint=fingerprint, params=params,
-                                baseline_directory=eval_dir(cfg.workdir, BASELINE_TAG))
+                                baseline_directory=workspace.eval_dir(cfg.workdir, BASELINE_TAG))
   index = {name: {k: s[k] for k in ("accuracy", "se", "k", "n_problems", "greedy_pass1")}
            for name, s in {**previous.get("benchmarks", {}), **results}.items()}
   retain_index = previous.get("retain")

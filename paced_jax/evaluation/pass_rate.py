@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.config import ExperimentConfig, to_json
@@ -27,10 +28,6 @@ from paced_jax.sampling.sampler import Sampler
 KIND = "pass_rates"
 RECORDS = "pass_rates.jsonl"
 CHUNK_PROBLEMS = 32
-
-
-def round_dir(workdir: str, round_: int) -> str:
-  return os.path.join(workdir, "pass_rates", f"{round_:04d}")
 
 
 def problem_key(problem_id: str) -> int:
@@ -86,9 +83,9 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
   `params` / `fingerprint` give the current student for recomputation rounds; by default the
   loaded (initial) student is used.
   """
-  directory = round_dir(cfg.workdir, round_)
+  directory = workspace.pass_rates_dir(cfg.workdir, round_)
   problems = read_problems(cfg.workdir, "train")
-  problems_sha = artifacts.read_manifest(os.path.join(cfg.workdir, "problems"), "problems")["checksums"]["train.jsonl"]
+  problems_sha = artifacts.read_manifest(workspace.problems_dir(cfg.workdir), "problems")["checksums"]["train.jsonl"]
   expected = _expected(cfg, student, round_, problems_sha)
   if fingerprint is not None:
     expected["student_fingerprint"] = fingerprint
@@ -121,5 +118,5 @@ def read_records(directory: str, check: bool = True) -> list[dict]:
 
 
 def latest_round(workdir: str) -> int | None:
-  done = sorted(glob.glob(os.path.join(workdir, "pass_rates", "*", artifacts.MANIFEST)))
+  done = sorted(glob.glob(os.path.join(workspace.pass_rates_root(workdir), "*", artifacts.MANIFEST)))
   return int(os.path.basename(os.path.dirname(done[-1]))) if done else None

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import evaluate
 from paced_jax.lab import config as lab_config
@@ -37,7 +38,7 @@ def _read(path: str):
 
 def level_accuracy(workdir: str, tag: str, levels: dict[str, int]) -> dict[str, float] | None:
   """Held-out mean@k per level (keys '1'..) and over all ('all') of one evaluation, or None."""
-  path = os.path.join(evaluate.eval_dir(workdir, tag), "heldout.responses.jsonl")
+  path = os.path.join(workspace.eval_dir(workdir, tag), "heldout.responses.jsonl")
   if not os.path.exists(path):
     return None
   by_level: dict[str, list[float]] = {}
@@ -49,7 +50,7 @@ def level_accuracy(workdir: str, tag: str, levels: dict[str, int]) -> dict[str, 
 
 
 def _solved_accuracy(workdir: str, tag: str) -> float | None:
-  s = _read(os.path.join(evaluate.eval_dir(workdir, tag), f"{lab_runner.SOLVED}.json"))
+  s = _read(os.path.join(workspace.eval_dir(workdir, tag), f"{lab_runner.SOLVED}.json"))
   return None if s is None else s.get("accuracy")
 
 
@@ -72,16 +73,16 @@ def _cell(stat: tuple[float | None, float | None, int], show_n: bool = False, sc
 def collect(workdir: str) -> dict:
   """All numbers of the lab: config, per-run per-level accuracies, base rows, timings."""
   lab_json = _read(os.path.join(workdir, "lab.json")) or {}
-  shared = os.path.join(workdir, "shared")
+  shared = workspace.lab_shared_dir(workdir)
   levels = {p.id: p.level for p in prepare_lib.read_problems(shared, "heldout")} if os.path.exists(
-      os.path.join(shared, "problems", artifacts.MANIFEST)) else {}
+      os.path.join(workspace.problems_dir(shared), artifacts.MANIFEST)) else {}
   base = {}
   for tag in (evaluate.BASELINE_TAG, lab_runner.TEACHER_TAG):
     acc = level_accuracy(shared, tag, levels)
     if acc is not None:
       base[tag] = {"levels": acc, "solved": _solved_accuracy(shared, tag), "se": _problem_se(shared, tag, levels)}
   runs = []
-  for record_path in sorted(glob.glob(os.path.join(workdir, "runs", "*", "*", "seed*", lab_runner.RUN_RECORD))):
+  for record_path in sorted(glob.glob(os.path.join(workspace.lab_runs_root(workdir), "*", "*", "seed*", lab_runner.RUN_RECORD))):
     d = os.path.dirname(record_path)
     record = artifacts.read_json(record_path)
     initial = base.get(evaluate.BASELINE_TAG, {}).get("solved")
@@ -94,7 +95,7 @@ def collect(workdir: str) -> dict:
 
 
 def _problem_se(workdir: str, tag: str, levels: dict[str, int]) -> dict[str, float | None]:
-  path = os.path.join(evaluate.eval_dir(workdir, tag), "heldout.responses.jsonl")
+  path = os.path.join(workspace.eval_dir(workdir, tag), "heldout.responses.jsonl")
   by_level: dict[str, list[float]] = {}
   for r in evaluate.read_responses(path):
     x = r["correct"] / r["k"]
@@ -147,17 +148,17 @@ def overview_table(data: dict, tracks: Sequence[str]) -> list[str]:
 def bootstrap_lines(workdir: str) -> list[str]:
   rows = []
   for role in ("teacher", "student"):
-    manifest = _read(os.path.join(workdir, "models", role, artifacts.MANIFEST))
+    manifest = _read(os.path.join(workspace.lab_models_dir(workdir), role, artifacts.MANIFEST))
     if not manifest:
       continue
     spec = manifest.get("spec", {})
-    log = os.path.join(workdir, "models", f"{role}.train.jsonl")
+    log = os.path.join(workspace.lab_models_dir(workdir), f"{role}.train.jsonl")
     last = artifacts.read_jsonl_lines(log)[-1] if os.path.exists(log) else {}
     rows.append(f"| {role} | {spec.get('family')} | {spec.get('layers')} | {spec.get('hidden')} | "
                 f"{spec.get('steps')} | {last.get('loss', float('nan')):.4f} | {manifest.get('seconds', 0):.0f} |")
   if not rows:
     return []
-  b = (_read(os.path.join(workdir, "models", "teacher", artifacts.MANIFEST)) or {}).get("bootstrap", {})
+  b = (_read(os.path.join(workspace.lab_models_dir(workdir), "teacher", artifacts.MANIFEST)) or {}).get("bootstrap", {})
   return ["## Bootstrap", "", f"Trained from scratch with the PACED train step on one-hot targets (k = 1), "
           f"{b.get('batch_size')} worked solutions per step, lr {b.get('lr')} (cosine), "
           f"{b.get('hint_fraction')} of them with the self-distillation context.", "",
@@ -213,7 +214,7 @@ def _plot_loss(data: dict, tracks: Sequence[str], path: str) -> None:
     ax = fig.add_subplot(1, len(tracks), i + 1)
     for j, method in enumerate(data["config"].get("methods", [])):
       for r in [r for r in data["runs"] if r["track"] == track and r["method"] == method]:
-        metrics = os.path.join(r["workdir"], "metrics", "train.jsonl")
+        metrics = workspace.train_metrics_file(r["workdir"])
         if os.path.exists(metrics):
           m = artifacts.read_jsonl_lines(metrics)
           ax.plot([x["step"] for x in m], [x["rkl"] if x["divergence"] == "rkl" else x["fkl"] for x in m],
@@ -227,7 +228,7 @@ def _plot_loss(data: dict, tracks: Sequence[str], path: str) -> None:
 
 def build(workdir: str) -> str:
   """Write WORKDIR/report/{lab.md, results.json, *.png}; returns the markdown's path."""
-  out = os.path.join(workdir, "report")
+  out = workspace.lab_report_dir(workdir)
   os.makedirs(out, exist_ok=True)
   data = collect(workdir)
   cfg = data["config"]
@@ -252,15 +253,15 @@ def build(workdir: str) -> str:
     images += ["accuracy_by_level.png", "training_kl.png"]
     lines += ["![accuracy by level](accuracy_by_level.png)", "", "![training KL](training_kl.png)", ""]
   lines += bootstrap_lines(workdir)
-  shared = os.path.join(workdir, "shared")
-  if os.path.exists(os.path.join(shared, "pass_rates", "0000", artifacts.MANIFEST)):
+  shared = workspace.lab_shared_dir(workdir)
+  if os.path.exists(os.path.join(workspace.pass_rates_dir(shared, 0), artifacts.MANIFEST)):
     hist = lab_runner.level_histogram(shared)
     _plot_histogram(hist, os.path.join(out, "pass_rates.png"))
     images.append("pass_rates.png")
     lines += ["## Initial student's pass rates", "", "Training problems per level (rows) by correct rollouts of K "
               "(columns):", "", "```", lab_runner.format_level_histogram(hist), "```", "",
               "![pass rates](pass_rates.png)", ""]
-  for path in sorted(glob.glob(os.path.join(shared, "snr", "*", "snr.csv"))):
+  for path in sorted(glob.glob(os.path.join(workspace.snr_root(shared), "*", "snr.csv"))):
     tag = os.path.basename(os.path.dirname(path))
     name = f"snr_{tag}.png"
     with open(os.path.join(os.path.dirname(path), "snr.png"), "rb") as f:

@@ -24,6 +24,7 @@ import json
 import os
 import time
 
+from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import evaluate
 from paced_jax.lab import bootstrap as lab_bootstrap
@@ -44,20 +45,8 @@ TEACHER_TAG = "teacher"    # eval tag of the teacher in the shared workspace
 TRACK_LOSS = {"distill": "fkl", "self_distill": "rkl", "two_stage": "fkl"}
 
 
-def shared_dir(lab: LabConfig) -> str:
-  return os.path.join(lab.workdir, "shared")
-
-
-def models_dir(lab: LabConfig) -> str:
-  return os.path.join(lab.workdir, "models")
-
-
-def run_dir(lab: LabConfig, track: str, method: str, seed: int) -> str:
-  return os.path.join(lab.workdir, "runs", track, method, f"seed{seed}")
-
-
 def solved_path(lab: LabConfig) -> str:
-  return os.path.join(shared_dir(lab), "solved.jsonl")
+  return os.path.join(workspace.lab_shared_dir(lab.workdir), "solved.jsonl")
 
 
 def _benchmarks(lab: LabConfig) -> tuple[str, ...]:
@@ -67,7 +56,7 @@ def _benchmarks(lab: LabConfig) -> tuple[str, ...]:
 
 
 def _base(lab: LabConfig, workdir: str) -> ExperimentConfig:
-  models = models_dir(lab)
+  models = workspace.lab_models_dir(lab.workdir)
   eval_cfg = dataclasses.replace(lab.experiment.eval, benchmarks=_benchmarks(lab))
   return dataclasses.replace(lab.experiment, workdir=workdir, student=os.path.join(models, "student"),
                              teacher=os.path.join(models, "teacher"), eval=eval_cfg)
@@ -84,7 +73,7 @@ def track_config(lab: LabConfig, track: str, workdir: str) -> ExperimentConfig:
 
 
 def run_config(lab: LabConfig, track: str, method: str, seed: int) -> ExperimentConfig:
-  cfg = track_config(lab, track, run_dir(lab, track, method, seed))
+  cfg = track_config(lab, track, workspace.lab_run_dir(lab.workdir, track, method, seed))
   scheme, alpha, beta, loss = method_settings(method)
   t = cfg.train
   train = dataclasses.replace(t, seed=seed, loss=loss or t.loss,
@@ -104,7 +93,7 @@ def _prepare(cfg: ExperimentConfig) -> None:
 
 def level_histogram(workdir: str) -> dict[int, list[int]]:
   """Correct-count histogram of the initial student's pass rates, per difficulty level."""
-  directory = pass_rate.round_dir(workdir, 0)
+  directory = workspace.pass_rates_dir(workdir, 0)
   records = {r["id"]: r for r in pass_rate.read_records(directory)}
   out: dict[int, list[int]] = {}
   for p in prepare_lib.read_problems(workdir, "train"):
@@ -132,7 +121,7 @@ def _solved_set(lab: LabConfig, cfg: ExperimentConfig, student) -> str:
     return path
   p = cfg.problems
   pool = lab_tasks.generate(p.n_heldout + lab.retain_pool, p.seed, "heldout")[p.n_heldout:]  # prefix-stable
-  pool_dir = os.path.join(shared_dir(lab), "pool")
+  pool_dir = os.path.join(workspace.lab_shared_dir(lab.workdir), "pool")
   pool_file = os.path.join(pool_dir, "pool.jsonl")
   if not os.path.exists(pool_file):
     with artifacts.atomic_open(pool_file) as f:
@@ -156,8 +145,8 @@ def prepare_shared(lab: LabConfig, mesh=None):
   os.makedirs(lab.workdir, exist_ok=True)
   artifacts.write_json(os.path.join(lab.workdir, "lab.json"), to_json(lab))
   mesh = mesh or mesh_lib.make_mesh(lab.experiment.mesh)
-  lab_bootstrap.bootstrap(models_dir(lab), lab.bootstrap, bootstrap_prompts(lab), mesh)
-  distill = track_config(lab, "distill", shared_dir(lab))
+  lab_bootstrap.bootstrap(workspace.lab_models_dir(lab.workdir), lab.bootstrap, bootstrap_prompts(lab), mesh)
+  distill = track_config(lab, "distill", workspace.lab_shared_dir(lab.workdir))
   _prepare(distill)
   student = loaded_model.load(distill.student, mesh, distill.model)
   teacher = loaded_model.load(distill.teacher, mesh, distill.model)
@@ -169,14 +158,14 @@ def prepare_shared(lab: LabConfig, mesh=None):
     reference.run(distill, teacher)
     teacher_stage.run(distill, teacher)
   _solved_set(lab, distill, student)
-  distill = track_config(lab, "distill", shared_dir(lab))  # now with the solved set among its benchmarks
+  distill = track_config(lab, "distill", workspace.lab_shared_dir(lab.workdir))  # now with the solved set among its benchmarks
   evaluate.evaluate(distill, student, tag=evaluate.BASELINE_TAG)
   evaluate.evaluate(distill, teacher, tag=TEACHER_TAG)
   if lab.snr:
     for track in lab.tracks:
       if track == "two_stage":
         continue  # its first stage is the distillation track's FKL on the same references
-      cfg = track_config(lab, track, shared_dir(lab))
+      cfg = track_config(lab, track, workspace.lab_shared_dir(lab.workdir))
       snr.run(cfg, student, student if track == "self_distill" else teacher, tag=track,
               source="offline" if track == "distill" else "on_policy")
   print(f"shared stage ready ({(time.time() - tic) / 60:.1f} min)", flush=True)
@@ -186,16 +175,16 @@ def prepare_shared(lab: LabConfig, mesh=None):
 # ---------------------------------------------------------------------------------------------
 # Runs.
 
-SHARED_LINKS = ("problems", "pass_rates", "references", "teacher")
+# The shared workspace's inputs a run links to (each a workspace path of a workdir).
+SHARED_LINKS = (workspace.problems_dir, workspace.pass_rates_root, workspace.references_dir, workspace.teacher_dir)
 RUN_RECORD = "lab_run.json"
 
 
 def _link_shared(lab: LabConfig, workdir: str) -> None:
   """Symlink the shared inputs into a run's workspace (relative, so the lab directory can move)."""
   os.makedirs(workdir, exist_ok=True)
-  for name in SHARED_LINKS:
-    target = os.path.join(shared_dir(lab), name)
-    link = os.path.join(workdir, name)
+  for path_of in SHARED_LINKS:
+    target, link = path_of(workspace.lab_shared_dir(lab.workdir)), path_of(workdir)
     if os.path.exists(target) and not os.path.lexists(link):
       os.symlink(os.path.relpath(target, workdir), link)
 
@@ -209,7 +198,7 @@ def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher
   """Train and evaluate one (track, method, seed); a finished run is read back, not redone."""
   cfg = run_config(lab, track, method, seed)
   record_path = os.path.join(cfg.workdir, RUN_RECORD)
-  config_path = os.path.join(cfg.workdir, "config.json")
+  config_path = workspace.config_file(cfg.workdir)
   if os.path.exists(config_path):  # a finished or killed run of other settings is never mixed in
     artifacts.expect_fields(config_path, artifacts.read_json(config_path), _outcome_settings(cfg))
   if os.path.exists(record_path):

@@ -10,12 +10,12 @@ import os
 import random
 from typing import Any
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import builtin
 from paced_jax.problems.records import SPLITS, FieldMap, Problem, ProblemFileError, load_problem_file
 
 KIND = "problems"
-SUBDIR = "problems"
 
 
 def _config(source: str, n_train: int | None, n_heldout: int, seed: int, fields: FieldMap) -> dict:
@@ -77,7 +77,7 @@ def prepare(workdir: str, source: str, *, n_train: int | None = None, n_heldout:
   """
   if n_heldout < 0 or (n_train is not None and n_train < 0):
     raise ValueError(f"counts must be >= 0, got n_train={n_train} n_heldout={n_heldout}")
-  directory = os.path.join(workdir, SUBDIR)
+  directory = workspace.problems_dir(workdir)
   config = _config(source, n_train, n_heldout, seed, fields)
   manifest_path = os.path.join(directory, artifacts.MANIFEST)
   if os.path.exists(manifest_path):
@@ -114,7 +114,7 @@ def read_problems(workdir: str, split: str) -> list[Problem]:
   """The problems of one split of WORKDIR/problems/, after checking the manifest and checksum."""
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  directory = os.path.join(workdir, SUBDIR)
+  directory = workspace.problems_dir(workdir)
   manifest = artifacts.read_manifest(directory, KIND)
   _verify(directory, manifest, (split,))
   with open(os.path.join(directory, split + ".jsonl"), encoding="utf-8") as f:

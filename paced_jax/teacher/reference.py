@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.config import ExperimentConfig, to_json
@@ -23,19 +24,15 @@ RECORDS = "references.jsonl"
 CHUNK_PROBLEMS = 64
 
 
-def directory(workdir: str) -> str:
-  return os.path.join(workdir, "references")
-
-
 def expected_settings(cfg: ExperimentConfig, teacher: LoadedModel) -> dict:
-  problems_sha = artifacts.read_manifest(os.path.join(cfg.workdir, "problems"), "problems")["checksums"]["train.jsonl"]
+  problems_sha = artifacts.read_manifest(workspace.problems_dir(cfg.workdir), "problems")["checksums"]["train.jsonl"]
   return {"teacher_fingerprint": teacher.fingerprint, "sampling": cfg.reference.sampling.identity(),
           "prompts": to_json(cfg.prompts), "verified_only": cfg.reference.verified_only,
           "problems_sha256": problems_sha}
 
 
 def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
-  out = directory(cfg.workdir)
+  out = workspace.references_dir(cfg.workdir)
   expected = expected_settings(cfg, teacher)
   if os.path.exists(os.path.join(out, artifacts.MANIFEST)):
     artifacts.expect_fields(os.path.join(out, artifacts.MANIFEST), artifacts.read_manifest(out, KIND), expected)
@@ -69,7 +66,7 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
 
 def read(workdir: str) -> dict[str, dict]:
   """References by problem id (verified-only filtering is applied by the caller's config)."""
-  return {r["id"]: r for r in artifacts.read_jsonl_checked(directory(workdir), RECORDS, KIND)}
+  return {r["id"]: r for r in artifacts.read_jsonl_checked(workspace.references_dir(workdir), RECORDS, KIND)}
 
 
 def usable(cfg: ExperimentConfig, references: dict[str, dict]) -> dict[str, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from paced_jax import workspace
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.teacher import reference
 from paced_jax.teacher import build as teacher_build
@@ -11,10 +12,6 @@ from paced_jax.config import ExperimentConfig
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.prepare import read_problems
 from paced_jax.teacher.store import TeacherStore
-
-
-def directory(workdir: str) -> str:
-  return os.path.join(workdir, "teacher")
 
 
 def store_config(cfg: ExperimentConfig) -> teacher_build.StoreConfig:
@@ -42,7 +39,7 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
   items = [teacher_build.TeacherItem(p.id, prompts_lib.teacher_prompt(teacher.tokenizer, p, cfg.prompts),
                                      refs[p.id]["response_ids"])
            for p in read_problems(cfg.workdir, "train") if p.id in refs]
-  out = directory(cfg.workdir)
+  out = workspace.teacher_dir(cfg.workdir)
   teacher_build.build_store(out, items, teacher=(teacher.cfg, teacher.graphdef, teacher.params), mesh=teacher.mesh,
                             teacher_fingerprint=teacher.fingerprint,
                             tokenizer_fingerprint=teacher.tokenizer_fingerprint, vocab_size=teacher.valid_vocab,
@@ -51,4 +48,4 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
 
 
 def open_store(cfg: ExperimentConfig, teacher: LoadedModel) -> TeacherStore:
-  return TeacherStore(directory(cfg.workdir), expect=expect(teacher, cfg))
+  return TeacherStore(workspace.teacher_dir(cfg.workdir), expect=expect(teacher, cfg))

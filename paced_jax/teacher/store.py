@@ -27,7 +27,6 @@ from paced_jax import artifacts
 from paced_jax.artifacts import ArtifactError
 
 KIND = "teacher_signal"
-SUBDIR = "teacher"
 INDEX = "index.jsonl"
 LOGPROB_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype("<f2")}
 # What a reader may insist on (TeacherStore's `expect`); teacher_build checks more.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from absl import app, flags as absl_flags
 
+from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import benchmarks
 from paced_jax.evaluation import evaluate
@@ -34,7 +35,7 @@ def main(argv):
   except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
     raise SystemExit(f"evaluate: {e}") from None
   print(evaluate.format_table(result))
-  print(f"results: {evaluate.eval_dir(cfg.workdir, TAG.value)}")
+  print(f"results: {workspace.eval_dir(cfg.workdir, TAG.value)}")
 
 
 if __name__ == "__main__":

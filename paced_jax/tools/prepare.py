@@ -13,6 +13,7 @@ import os
 from absl import app
 from absl import flags
 
+from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import builtin
 from paced_jax.problems import prepare as prepare_lib
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> None:
   fields = records.FieldMap(
       id=_FIELD_ID.value or None, prompt=_FIELD_PROMPT.value, answer=_FIELD_ANSWER.value,
       solution=_FIELD_SOLUTION.value or None, level=_FIELD_LEVEL.value or None)
-  existed = os.path.exists(os.path.join(_WORKDIR.value, prepare_lib.SUBDIR, artifacts.MANIFEST))
+  existed = os.path.exists(os.path.join(workspace.problems_dir(_WORKDIR.value), artifacts.MANIFEST))
   try:
     directory = prepare_lib.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
                                  n_heldout=_N_HELDOUT.value, seed=_SEED.value, fields=fields)

@@ -15,6 +15,8 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from paced_jax import artifacts
+from paced_jax import workspace
 from paced_jax.evaluation import pass_rate
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.teacher import reference
@@ -54,7 +56,7 @@ def weighted_problems(cfg: ExperimentConfig, round_: int | None = None) -> Weigh
   round_ = pass_rate.latest_round(cfg.workdir) if round_ is None else round_
   if round_ is None:
     raise FileNotFoundError(f"{cfg.workdir}/pass_rates: no finished round; run the pass_rate stage first")
-  directory = pass_rate.round_dir(cfg.workdir, round_)
+  directory = workspace.pass_rates_dir(cfg.workdir, round_)
   by_id = {r["id"]: r for r in pass_rate.read_records(directory)}
   problems = read_problems(cfg.workdir, "train")
   missing = [p.id for p in problems if p.id not in by_id]
@@ -112,6 +114,6 @@ def on_policy_examples(problems: Sequence[Problem], data: WeightedProblems, samp
 
 def load_offline(cfg: ExperimentConfig, teacher: LoadedModel) -> tuple[dict[str, dict], TeacherStore]:
   from paced_jax.teacher import stage as teacher_stage  # deferred: only the offline track needs the store
-  if not os.path.exists(os.path.join(teacher_stage.directory(cfg.workdir), "manifest.json")):
-    raise FileNotFoundError(f"{teacher_stage.directory(cfg.workdir)}: no teacher store; run the teacher stage first")
+  if not os.path.exists(os.path.join(workspace.teacher_dir(cfg.workdir), artifacts.MANIFEST)):
+    raise FileNotFoundError(f"{workspace.teacher_dir(cfg.workdir)}: no teacher store; run the teacher stage first")
   return reference.usable(cfg, reference.read(cfg.workdir)), teacher_stage.open_store(cfg, teacher)

@@ -22,6 +22,7 @@ from flax import nnx
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
+from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import pass_rate
 from paced_jax.model import tokenization
@@ -48,7 +49,7 @@ def step_config(cfg: ExperimentConfig, student: LoadedModel, divergence: str, nu
 
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+  return ocp.CheckpointManager(os.path.abspath(workspace.checkpoints_dir(workdir)),
                                options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
 
 
@@ -101,14 +102,13 @@ class MetricsLog:
     self.file = self.tb = None
     if jax.process_index() != 0:
       return  # the workspace is shared: a second writer's rewrite would orphan process 0's open file
-    directory = os.path.join(workdir, "metrics")
-    os.makedirs(directory, exist_ok=True)
-    self.path = os.path.join(directory, "train.jsonl")
+    os.makedirs(workspace.metrics_dir(workdir), exist_ok=True)
+    self.path = workspace.train_metrics_file(workdir)
     kept = [r for r in artifacts.read_jsonl_lines(self.path) if r["step"] <= start_step] if os.path.exists(self.path) else []
     with artifacts.atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(self.path, "a")
-    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir))
 
   def write(self, record: dict) -> None:
     if self.file is None:
