@@ -58,7 +58,7 @@ from paced_jax.model import scoring as teacher_scoring
 from paced_jax.teacher import store as teacher_store
 from paced_jax.model import tokenization
 from paced_jax.config import PromptConfig
-from paced_jax.config import SamplingConfig
+from paced_jax.config import SamplingConfig, TeacherSignalConfig
 from paced_jax.sampling.sampler import Sampler
 
 FLAGS = flags.FLAGS
@@ -125,8 +125,8 @@ def score_all(lm, pairs, k, length):
 
 def write_store(lm, directory, items, k, length):
   """A store for `items` by the real writer; returns (shard bytes, index bytes, tokens)."""
-  cfg = teacher_build.StoreConfig(k=k, logprob_dtype=STORE_DTYPE, row_length=length, batch_rows=FLAGS.batch_rows,
-                                  chunk_size=FLAGS.chunk_size)
+  cfg = teacher_build.StoreConfig(TeacherSignalConfig(top_k=k, logprob_dtype=STORE_DTYPE, batch_size=FLAGS.batch_rows,
+                                                      chunk_size=FLAGS.chunk_size), row_length=length)
   manifest = teacher_build.build_store(directory, items, teacher=(lm.cfg, lm.graphdef, lm.params), mesh=lm.mesh,
                                        teacher_fingerprint=lm.fingerprint,
                                        tokenizer_fingerprint=lm.tokenizer_fingerprint, vocab_size=lm.valid_vocab,

@@ -206,8 +206,14 @@ class TeacherSignalConfig:
   top_k: int = 64
   logprob_dtype: str = "float16"    # float16 | bfloat16 (float16: 10x less rounding error, bench/README.md)
   chunk_size: int = 128             # sequence chunk for the [T, V] logits
-  batch_size: int = 8
+  batch_size: int = 8               # rows per scoring batch; a multiple of the mesh's data * fsdp
   problems_per_shard: int = 256
+
+  def __post_init__(self):
+    if self.logprob_dtype not in ("float16", "bfloat16"):
+      raise ValueError(f"teacher_signal.logprob_dtype {self.logprob_dtype!r}: expected float16 or bfloat16")
+    if min(self.top_k, self.problems_per_shard, self.batch_size, self.chunk_size) < 1:
+      raise ValueError(f"teacher_signal: top_k, problems_per_shard, batch_size and chunk_size must be >= 1: {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +277,6 @@ _CHOICES = {
     "prompts.teacher_context": ("none", "answer_only", "solution"),
     "train.token_reduction": ("seq_mean", "token_sum"),
     "train.schedule": ("constant", "cosine"),
-    "teacher_signal.logprob_dtype": ("bfloat16", "float16"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
 }

@@ -15,7 +15,8 @@ from paced_jax import artifacts, config as config_lib
 from paced_jax.evaluation import benchmarks
 from paced_jax.evaluation import evaluate
 from paced_jax.model import tiny as tiny_model
-from paced_jax.evaluation.pass_rate import problem_key
+from paced_jax.evaluation import rollouts
+from paced_jax.evaluation.rollouts import problem_key
 from paced_jax.problems.records import ProblemFileError
 from paced_jax.sampling.sampler import Rollout
 from stage_fixtures import ROOT, load_config_file, load_student, tiny_experiment
@@ -39,6 +40,10 @@ class FakeSampler:
     self.tokenizer, self.calls = tokenizer, calls
     self.index = {problem_key(pid): i for i, pid in enumerate(ids)}
 
+  @classmethod
+  def for_model(cls, model, params=None):
+    return cls(model.tokenizer, model.ids, model.calls)
+
   def generate(self, prompts, cfg, *, prompt_keys, progress=True):
     self.calls.append(len(prompts))
     out = []
@@ -59,8 +64,17 @@ class FakeModel:
     self.tokenizer = tiny_model.char_tokenizer()
     self.params, self.fingerprint, self.calls, self.ids = None, "fake-model", [], ids
 
-  def sampler(self, params=None):
-    return FakeSampler(self.tokenizer, self.ids, self.calls)
+
+@pytest.fixture(autouse=True)
+def fake_sampler(monkeypatch):
+  """FakeModel's samples come from PLAN; a real model (test_real_tiny_model) samples for real."""
+  real = rollouts.Sampler
+
+  class Dispatch:
+    @staticmethod
+    def for_model(model, params=None):
+      return (FakeSampler if isinstance(model, FakeModel) else real).for_model(model, params)
+  monkeypatch.setattr(rollouts, "Sampler", Dispatch)
 
 
 @pytest.fixture

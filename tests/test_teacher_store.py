@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from paced_jax.config import TeacherSignalConfig
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import hf_checkpoint
 from paced_jax.teacher import build as teacher_build
@@ -25,6 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALID = 96
 # The scorer settings of test_teacher_scoring.py, so that its compiled scorer is reused.
 SCORING = dict(k=8, problems_per_shard=3, batch_rows=2, row_length=24, chunk_size=5)
+
+
+def store_config(k, problems_per_shard, batch_rows, row_length, chunk_size, logprob_dtype="float16", temperature=1.0):
+  signal = TeacherSignalConfig(top_k=k, logprob_dtype=logprob_dtype, chunk_size=chunk_size, batch_size=batch_rows,
+                               problems_per_shard=problems_per_shard)
+  return teacher_build.StoreConfig(signal, temperature=temperature, row_length=row_length)
 IDENTITY = dict(teacher_fingerprint="teacher-a", tokenizer_fingerprint="tok-a", vocab_size=VALID)
 
 
@@ -47,7 +54,7 @@ def items(count=7, seed=0):
 
 def build(directory, teacher, data=None, **cfg):
   model, mesh = teacher
-  cfg = teacher_build.StoreConfig(**dict(SCORING, **cfg))
+  cfg = store_config(**dict(SCORING, **cfg))
   return teacher_build.build_store(str(directory), data or items(), teacher=model, mesh=mesh, cfg=cfg,
                                    progress=False, **IDENTITY)
 
@@ -185,7 +192,7 @@ def test_killed_build_resumes_byte_identical(teacher, store_dir, tmp_path):
       raise KeyboardInterrupt(f"killed after {done} batches")
 
   model, mesh = teacher
-  cfg = teacher_build.StoreConfig(**SCORING)
+  cfg = store_config(**SCORING)
   with pytest.raises(KeyboardInterrupt):
     teacher_build.build_store(str(directory), items(), teacher=model, mesh=mesh, cfg=cfg, progress=False,
                               after_batch=kill_in_shard_1, **IDENTITY)

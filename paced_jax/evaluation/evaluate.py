@@ -27,13 +27,11 @@ from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import benchmarks as benchmarks_lib
 from paced_jax.problems import prompts as prompts_lib
-from paced_jax.evaluation import retain
+from paced_jax.evaluation import retain, rollouts
 from paced_jax.config import ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
-from paced_jax.evaluation.pass_rate import problem_key
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "eval"
 SUMMARY_KIND = "eval_benchmark"
@@ -75,29 +73,20 @@ def _chunk_records(model: LoadedModel, params, problems: Sequence[Problem], cfg:
                    grader: Grader) -> list[dict]:
   sampling = cfg.eval.sampling
   K = sampling.num_samples
-  tok = model.tokenizer
-  sampler = Sampler.for_model(model, params)
-  prompt_ids = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
-  keys = [problem_key(p.id) for p in problems]
-  rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=keys, progress="eval samples")
-  texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
-  verdicts = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(K)])
-  greedy = None
+  prompt_ids = [prompts_lib.student_prompt(model.tokenizer, p, cfg.prompts) for p in problems]
+  graded = rollouts.sample_and_grade(model, params, problems, prompt_ids, sampling, grader, progress="eval samples")
+  greedy = [None] * len(problems)
   if cfg.eval.greedy_pass1:
     greedy_cfg = dataclasses.replace(sampling, greedy=True, num_samples=1)
-    greedy = [tok.decode(per[0].tokens, skip_special_tokens=True)
-              for per in sampler.generate(prompt_ids, greedy_cfg, prompt_keys=keys, progress="eval greedy")]
-    greedy_verdicts = grader.grade_many(greedy, [p.answer for p in problems])
+    greedy = rollouts.sample_and_grade(model, params, problems, prompt_ids, greedy_cfg, grader, progress="eval greedy")
   records = []
-  for i, problem in enumerate(problems):
-    mine = verdicts[i * K:(i + 1) * K]
-    record = {"id": problem.id, "truth": problem.answer, "k": K, "correct": sum(v.correct for v in mine),
-              "verdicts": [v.correct for v in mine], "extracted": [v.extracted for v in mine],
-              "responses": texts[i], "lengths": [int(len(r.tokens)) for r in rollouts[i]],
-              "finished": [bool(r.finished) for r in rollouts[i]]}
-    if greedy is not None:
-      record.update(greedy_response=greedy[i], greedy_extracted=greedy_verdicts[i].extracted,
-                    greedy_correct=bool(greedy_verdicts[i].correct))
+  for problem, g, g1 in zip(problems, graded, greedy):
+    record = {"id": problem.id, "truth": problem.answer, "k": K, "correct": g.correct,
+              "verdicts": [v.correct for v in g.verdicts], "extracted": [v.extracted for v in g.verdicts],
+              "responses": g.texts, "lengths": g.lengths, "finished": g.finished}
+    if g1 is not None:
+      record.update(greedy_response=g1.texts[0], greedy_extracted=g1.verdicts[0].extracted,
+                    greedy_correct=bool(g1.verdicts[0].correct))
     records.append(record)
   return records
 

@@ -8,7 +8,6 @@ Problems are processed in fixed chunks; each finished chunk is written atomicall
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from typing import Sequence
 
@@ -22,17 +21,12 @@ from paced_jax.config import ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.prepare import read_problems
 from paced_jax.problems.records import Problem
+from paced_jax.evaluation import rollouts
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "pass_rates"
 RECORDS = "pass_rates.jsonl"
 CHUNK_PROBLEMS = 32
-
-
-def problem_key(problem_id: str) -> int:
-  """A stable 31-bit sampling key per problem id."""
-  return int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems_sha: str) -> dict:
@@ -45,25 +39,12 @@ def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems
 def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
                    grader: Grader) -> list[dict]:
   pr = cfg.pass_rate
-  tok = student.tokenizer
-  prompt_ids = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
-  rollouts = Sampler.for_model(student, params).generate(prompt_ids, pr.sampling, prompt_keys=[problem_key(p.id) for p in problems],
-                                               progress="rollouts")
-  texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
-  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(pr.sampling.num_samples)])
-  K = pr.sampling.num_samples
-  records = []
-  for i, problem in enumerate(problems):
-    verdicts = flat[i * K:(i + 1) * K]
-    correct = sum(v.correct for v in verdicts)
-    records.append({
-        "id": problem.id, "K": K, "correct": correct, "p": correct / K,
-        "lengths": [int(len(r.tokens)) for r in rollouts[i]],
-        "finished": [bool(r.finished) for r in rollouts[i]],
-        "extracted": [v.extracted for v in verdicts],
-        "responses": texts[i][:pr.keep_responses],
-    })
-  return records
+  prompt_ids = [prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts) for p in problems]
+  graded = rollouts.sample_and_grade(student, params, problems, prompt_ids, pr.sampling, grader, progress="rollouts")
+  R = pr.sampling.num_samples
+  return [{"id": problem.id, "K": R, "correct": g.correct, "p": g.correct / R, "lengths": g.lengths,
+           "finished": g.finished, "extracted": [v.extracted for v in g.verdicts],
+           "responses": g.texts[:pr.keep_responses]} for problem, g in zip(problems, graded)]
 
 
 def histogram(correct: Sequence[int], K: int) -> list[int]:

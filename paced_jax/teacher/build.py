@@ -19,6 +19,7 @@ import numpy as np
 import tqdm
 
 from paced_jax import artifacts
+from paced_jax.config import TeacherSignalConfig
 from paced_jax.model import scoring as teacher_scoring
 from paced_jax.teacher import store as store_lib
 
@@ -33,19 +34,12 @@ class TeacherItem(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
-  k: int = 64
-  logprob_dtype: str = "float16"  # or "bfloat16": float16 has 3 more mantissa bits; its range (-65504) is ample for log-probs
+  """How a store is built: the experiment's teacher_signal settings, the softmax temperature (the
+  training temperature: stored log-probs must be at the one the loss uses), and a fixed row length
+  (None: each shard's longest sequence, rounded up to a power of 2)."""
+  signal: TeacherSignalConfig = TeacherSignalConfig()
   temperature: float = 1.0
-  problems_per_shard: int = 256
-  batch_rows: int = 8  # rows per scoring batch; a multiple of the mesh's data * fsdp
-  row_length: int | None = None  # None: each shard's longest sequence, rounded up to a power of 2
-  chunk_size: int = 256  # positions per logits block in the scorer
-
-  def __post_init__(self):
-    if self.logprob_dtype not in store_lib.LOGPROB_DTYPES:
-      raise ValueError(f"logprob_dtype {self.logprob_dtype!r}: expected one of {sorted(store_lib.LOGPROB_DTYPES)}")
-    if min(self.k, self.problems_per_shard, self.batch_rows, self.chunk_size) < 1:
-      raise ValueError(f"k, problems_per_shard, batch_rows and chunk_size must be >= 1: {self}")
+  row_length: int | None = None
 
 
 def inputs_fingerprint(items: Sequence[TeacherItem]) -> str:
@@ -128,8 +122,8 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
   """
   model_cfg, graphdef, params = teacher
   items = _check_items(items, vocab_size)
-  identity = dict(teacher_fingerprint=teacher_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint, k=cfg.k,
-                  vocab_size=vocab_size, logprob_dtype=cfg.logprob_dtype, temperature=cfg.temperature,
+  identity = dict(teacher_fingerprint=teacher_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint, k=cfg.signal.top_k,
+                  vocab_size=vocab_size, logprob_dtype=cfg.signal.logprob_dtype, temperature=cfg.temperature,
                   teacher_compute_dtype=model_cfg.compute_dtype, inputs_fingerprint=inputs_fingerprint(items))
   manifest_path = os.path.join(directory, artifacts.MANIFEST)
   writer = jax.process_index() == 0
@@ -144,7 +138,7 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
         raise ValueError(f"problem {pid!r}: prompt {len(prompt)} + response {len(response)} tokens do not fit "
                          f"row_length {cfg.row_length}")
   build_path = os.path.join(directory, BUILD)
-  P = cfg.problems_per_shard
+  P = cfg.signal.problems_per_shard
   if os.path.exists(build_path):
     artifacts.expect_fields(build_path, artifacts.read_json(build_path), {**identity, "problems_per_shard": P})
   elif writer:
@@ -157,7 +151,7 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
   bar = tqdm.tqdm(total=len(items), desc="teacher signal", unit="problem", disable=not (progress and writer))
   for s, first in enumerate(range(0, len(items), P)):
     chunk = items[first:first + P]
-    sizes = [store_lib.record_bytes(len(r), cfg.k, cfg.logprob_dtype) for _, _, r in chunk]
+    sizes = [store_lib.record_bytes(len(r), cfg.signal.top_k, cfg.signal.logprob_dtype) for _, _, r in chunk]
     path = os.path.join(directory, store_lib.shard_name(s))
     if os.path.exists(path) and os.path.getsize(path) == sum(sizes):  # renamed into place = finished
       digest = artifacts.sha256_file(path)
@@ -176,7 +170,7 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
   index = "".join(line + "\n" for line in index_lines).encode()
   manifest = dict(identity, problems_per_shard=P, teacher_vocab_rows=model_cfg.vocab_size,
                   record_layout="ids <i4 [n,k] | logprobs [n,k] | tail <f4 [n] | target_logprob <f4 [n]",
-                  scoring={"batch_rows": cfg.batch_rows, "row_length": cfg.row_length, "chunk_size": cfg.chunk_size},
+                  scoring={"batch_rows": cfg.signal.batch_size, "row_length": cfg.row_length, "chunk_size": cfg.signal.chunk_size},
                   counts={"problems": len(items), "tokens": sum(sh["tokens"] for sh in shards), "shards": len(shards)},
                   shards=shards, index={"file": store_lib.INDEX, "sha256": artifacts.sha256_bytes(index),
                                         "entries": len(items)})
@@ -194,12 +188,12 @@ def _write_shard(path, chunk, teacher, mesh, cfg: StoreConfig, vocab_size, pad_i
   h = hashlib.sha256()
   with artifacts.atomic_open(path, "wb") if writer else open(os.devnull, "wb") as f:
     scored = teacher_scoring.score_batches(
-        graphdef, params, mesh, [(p, r) for _, p, r in chunk], k=cfg.k, valid_vocab=vocab_size,
-        length=_row_length(chunk, cfg), batch_rows=cfg.batch_rows, chunk_size=cfg.chunk_size,
+        graphdef, params, mesh, [(p, r) for _, p, r in chunk], k=cfg.signal.top_k, valid_vocab=vocab_size,
+        length=_row_length(chunk, cfg), batch_rows=cfg.signal.batch_size, chunk_size=cfg.signal.chunk_size,
         temperature=cfg.temperature, pad_id=pad_id)
     for results in scored:
       for _, signal in results:  # batches come in input order
-        data = store_lib.encode_record(signal, cfg.logprob_dtype)
+        data = store_lib.encode_record(signal, cfg.signal.logprob_dtype)
         h.update(data)
         f.write(data)
       bar.update(len(results))

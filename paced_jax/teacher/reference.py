@@ -14,10 +14,9 @@ from paced_jax import artifacts
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.config import ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
-from paced_jax.evaluation.pass_rate import problem_key
+from paced_jax.evaluation import rollouts
 from paced_jax.problems.prepare import read_problems
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "references"
 RECORDS = "references.jsonl"
@@ -41,17 +40,11 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
   sampling = cfg.reference.sampling
   if sampling.num_samples != 1:
     raise ValueError(f"config.reference.sampling.num_samples is {sampling.num_samples}; a reference is one response")
-  sampler = Sampler.for_model(teacher)
-  tok = teacher.tokenizer
-
   def compute(chunk):
-    prompt_ids = [prompts_lib.teacher_prompt(tok, p, cfg.prompts) for p in chunk]
-    rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in chunk],
-                                progress="references")
-    texts = [tok.decode(r[0].tokens, skip_special_tokens=True) for r in rollouts]
-    verdicts = grader.grade_many(texts, [p.answer for p in chunk])
-    return [{"id": p.id, "response_ids": r[0].tokens.tolist(), "text": t, "finished": r[0].finished,
-             "verified": v.correct} for p, r, t, v in zip(chunk, rollouts, texts, verdicts)]
+    prompt_ids = [prompts_lib.teacher_prompt(teacher.tokenizer, p, cfg.prompts) for p in chunk]
+    graded = rollouts.sample_and_grade(teacher, None, chunk, prompt_ids, sampling, grader, progress="references")
+    return [{"id": p.id, "response_ids": g.token_ids[0].tolist(), "text": g.texts[0], "finished": g.finished[0],
+             "verified": g.verdicts[0].correct} for p, g in zip(chunk, graded)]
 
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   with Grader(cfg.verifier) as grader:

@@ -15,10 +15,7 @@ from paced_jax.teacher.store import TeacherStore
 
 
 def store_config(cfg: ExperimentConfig) -> teacher_build.StoreConfig:
-  t = cfg.teacher_signal
-  return teacher_build.StoreConfig(k=t.top_k, logprob_dtype=t.logprob_dtype, temperature=cfg.train.temperature,
-                                   problems_per_shard=t.problems_per_shard, batch_rows=t.batch_size,
-                                   chunk_size=t.chunk_size)
+  return teacher_build.StoreConfig(cfg.teacher_signal, temperature=cfg.train.temperature)
 
 
 def check_same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> None:

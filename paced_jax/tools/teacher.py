@@ -13,17 +13,21 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from paced_jax.config import TeacherSignalConfig
+
+_DEFAULT = TeacherSignalConfig()  # the flags' defaults are the config's (config.teacher_signal)
 _DIR = flags.DEFINE_string("dir", None, "Teacher store directory (usually WORKDIR/teacher).", required=True)
 _TEACHER = flags.DEFINE_string("teacher", None, "build: the teacher's Hugging Face directory.")
 _RESPONSES = flags.DEFINE_string("responses", None, "build: the JSONL response file to score.")
-_K = flags.DEFINE_integer("k", 64, "build: top-k ids stored per token.")
-_LOGPROB_DTYPE = flags.DEFINE_enum("logprob_dtype", "float16", ["float16", "bfloat16"],
+_K = flags.DEFINE_integer("k", _DEFAULT.top_k, "build: top-k ids stored per token.")
+_LOGPROB_DTYPE = flags.DEFINE_enum("logprob_dtype", _DEFAULT.logprob_dtype, ["float16", "bfloat16"],
                                    "build: stored log-prob dtype.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "build: the teacher's softmax temperature.")
-_PROBLEMS_PER_SHARD = flags.DEFINE_integer("problems_per_shard", 256, "build: problems per shard file.")
-_BATCH_ROWS = flags.DEFINE_integer("batch_rows", 8, "build: rows per scoring batch (a multiple of data*fsdp).")
+_PROBLEMS_PER_SHARD = flags.DEFINE_integer("problems_per_shard", _DEFAULT.problems_per_shard,
+                                           "build: problems per shard file.")
+_BATCH_ROWS = flags.DEFINE_integer("batch_rows", _DEFAULT.batch_size, "build: rows per scoring batch (a multiple of data*fsdp).")
 _ROW_LENGTH = flags.DEFINE_integer("row_length", None, "build: tokens per row; default per shard, a power of 2.")
-_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 256, "build: positions per logits block.")
+_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", _DEFAULT.chunk_size, "build: positions per logits block.")
 _COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32", "build: the teacher's activation dtype.")
 _MESH = flags.DEFINE_list("mesh", ["-1", "1", "1"], "build: data,fsdp,tensor mesh sizes (-1 = the rest).")
 
@@ -44,10 +48,9 @@ def _build() -> None:
   tokenizer = tokenization.load_tokenizer(_TEACHER.value)
   items = teacher_build.read_items(_RESPONSES.value, tokenizer)
   teacher = hf_checkpoint.load_model(_TEACHER.value, mesh, compute_dtype=_COMPUTE_DTYPE.value)
-  cfg = teacher_build.StoreConfig(
-      k=_K.value, logprob_dtype=_LOGPROB_DTYPE.value, temperature=_TEMPERATURE.value,
-      problems_per_shard=_PROBLEMS_PER_SHARD.value, batch_rows=_BATCH_ROWS.value, row_length=_ROW_LENGTH.value,
-      chunk_size=_CHUNK_SIZE.value)
+  signal = TeacherSignalConfig(top_k=_K.value, logprob_dtype=_LOGPROB_DTYPE.value, chunk_size=_CHUNK_SIZE.value,
+                               batch_size=_BATCH_ROWS.value, problems_per_shard=_PROBLEMS_PER_SHARD.value)
+  cfg = teacher_build.StoreConfig(signal, temperature=_TEMPERATURE.value, row_length=_ROW_LENGTH.value)
   manifest = teacher_build.build_store(
       _DIR.value, items, teacher=teacher, mesh=mesh,
       teacher_fingerprint=hf_checkpoint.model_fingerprint(_TEACHER.value),

@@ -17,7 +17,7 @@ import numpy as np
 
 from paced_jax import artifacts
 from paced_jax import workspace
-from paced_jax.evaluation import pass_rate
+from paced_jax.evaluation import pass_rate, rollouts as rollouts_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.teacher import reference
 from paced_jax.model import scoring as teacher_scoring
@@ -94,7 +94,7 @@ def on_policy_examples(problems: Sequence[Problem], data: WeightedProblems, samp
   tok = teacher.tokenizer
   student_prompts = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
   # The step enters the sampling key, not the config: a new config value would recompile.
-  keys = [(pass_rate.problem_key(p.id) + 7919 * (step + 1)) % (1 << 31) for p in problems]
+  keys = [(rollouts_lib.problem_key(p.id) + 7919 * (step + 1)) % (1 << 31) for p in problems]
   rollouts = sampler.generate(student_prompts, cfg.train.rollout_sampling, prompt_keys=keys, progress=False)
   responses = [r[0].tokens.tolist() for r in rollouts]
   teacher_prompts = [prompts_lib.teacher_prompt(tok, p, cfg.prompts) for p in problems]

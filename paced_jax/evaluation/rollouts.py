@@ -1,0 +1,57 @@
+"""Sample and grade: the one way a model's answers to problems are produced and judged.
+
+Pass rates (K student rollouts per training problem), evaluation (mean@k, greedy pass@1) and
+teacher references (one teacher response per problem) all sample through `sample_and_grade`.
+Each problem's randomness is keyed by its id (`problem_key`), so a result does not depend on
+chunking, batch size or a resumed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from paced_jax.config import SamplingConfig
+from paced_jax.evaluation.verifier import Grader, Verdict
+from paced_jax.model.loaded import LoadedModel
+from paced_jax.problems.records import Problem
+from paced_jax.sampling.sampler import Sampler
+
+
+def problem_key(problem_id: str) -> int:
+  """A stable 31-bit sampling key per problem id."""
+  return int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class Graded:
+  """One problem's R sampled responses and their verdicts."""
+  token_ids: list[np.ndarray]
+  texts: list[str]
+  finished: list[bool]
+  verdicts: list[Verdict]
+
+  @property
+  def correct(self) -> int:
+    return sum(v.correct for v in self.verdicts)
+
+  @property
+  def lengths(self) -> list[int]:
+    return [int(len(t)) for t in self.token_ids]
+
+
+def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
+                     sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False) -> list[Graded]:
+  """`sampling.num_samples` responses to each prompt (one per problem) from `model` with `params`
+  (None: its loaded weights), decoded without special tokens and graded against the problem's answer."""
+  rollouts = Sampler.for_model(model, params).generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
+                                                       progress=progress)
+  tok = model.tokenizer
+  texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
+  R = sampling.num_samples
+  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(R)])
+  return [Graded([r.tokens for r in per], texts[i], [bool(r.finished) for r in per], flat[i * R:(i + 1) * R])
+          for i, per in enumerate(rollouts)]
