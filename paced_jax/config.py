@@ -180,7 +180,9 @@ class PromptConfig:
   """How problems become chat prompts for the student and the privileged teacher."""
   system: str = ""                       # "" = the chat template's default system prompt
   student_template: str = "{problem}"
-  teacher_context: str = "answer_only"   # none | answer_only | solution
+  # The self-distillation teacher's privileged context: none | answer_only | solution (the paper's;
+  # a problem without a solution falls back to answer_only, with a warning: problems/prompts.py).
+  teacher_context: str = "solution"
   answer_only_template: str = "{problem}\n\n(The correct final answer is {answer}. Solve it step by step.)"
   solution_template: str = "{problem}\n\nHere is an expert solution:\n{solution}\n\nNow solve it yourself."
   enable_thinking: bool = False          # Qwen3 chat template switch
