@@ -270,7 +270,7 @@ class ExperimentConfig:
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
   snr: SNRConfig = SNRConfig()
-  run_snr: bool = False             # the pipeline measures gradient SNR at the initial student
+  run_snr: bool = False             # the pipeline measures gradient SNR at the initial student (and at snr.step)
 
 
 _CHOICES = {

@@ -264,8 +264,9 @@ def test_run_on_tiny_workspace(tmp_path_factory):
   assert open(os.path.join(directory, snr.SUMMARY)).read().strip() == snr_stats.summary(rows, 0.9)
 
   # The stored row of one problem is the count sketch of its unweighted loss's gradient.
-  T = min(int(manifest["loss"]["seq_len"]), max(16, 1 << (_sequence_length(cfg, student, str(z["ids"][0])) - 1).bit_length()))
-  expected, norm = _sketch_of_problem(cfg, student, nnx.to_pure_dict(student.params), str(z["ids"][0]), T, regex, 256)
+  pid = str(z["ids"][0])
+  T = min(int(manifest["loss"]["seq_len"]), max(16, 1 << (_sequence_length(cfg, student, pid) - 1).bit_length()))
+  expected, norm = _sketch_of_problem(cfg, student, nnx.to_pure_dict(student.params), pid, T, regex, 256)
   np.testing.assert_allclose(z["grads_PX"][0], expected, rtol=1e-4, atol=1e-6 * float(jnp.abs(expected).max()))
   assert z["grad_norm_P"][0] == pytest.approx(norm, rel=1e-4)
 
@@ -300,3 +301,5 @@ def test_run_at_a_training_checkpoint_measures_every_problem(tmp_path_factory):
   initial, _ = _sketch_of_problem(cfg, student, nnx.to_pure_dict(student.params), pid, T, regex, dim)
   np.testing.assert_allclose(z["grads_PX"][0], at_step, rtol=1e-4, atol=1e-6 * float(jnp.abs(at_step).max()))
   assert not np.allclose(z["grads_PX"][0], initial, rtol=1e-3)  # the checkpoint, not the initial student
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 1 \(kept: \[2\]\)"):
+    snr.run(cfg, student, student, step=1, dim=dim, param_regex=regex, resamples=50)

@@ -194,6 +194,10 @@ def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, ta
   if not _TAG_RE.match(tag):
     raise ValueError(f"tag {tag!r} is not a plain directory name (letters, digits, _.+-)")
   if params is None and s.step >= 0:
+    with trainer.checkpoint_manager(cfg.workdir) as mngr:
+      kept = sorted(mngr.all_steps())
+    if s.step not in kept:  # the trainer keeps only its latest checkpoints (train.checkpoint_every)
+      raise FileNotFoundError(f"{cfg.workdir}/checkpoints: no checkpoint of step {s.step} (kept: {kept})")
     step, params = trainer.restore_params(cfg, student, s.step)
     fingerprint = fingerprint or f"{student.fingerprint}@step{step}"
   if params is None:
