@@ -93,12 +93,12 @@ def bootstrap_snr(grads_PX, *, resamples: int = 1000, confidence: float = 0.9,
   estimate (about 2 / (n - 1) against 1 / (n - 1) for pure noise) and a plain percentile
   interval can miss it. The percentiles are therefore shifted by estimate - bootstrap median,
   which keeps the spread of the resampled SNRs and always contains the estimate (the lower end is
-  clipped at 0). Simulated at confidence 0.9, X = 256, n = 5 / 40 / 300, 200 draws each
-  (isotropic and 1/k-spectrum noise): pure noise put the interval above the floor in 0-2% of
-  draws (nominal 5%), a planted share 0.05 was covered in 91-99%. Rescaling the percentiles by
-  estimate / median instead (a log-scale shift) gave intervals half as wide that missed the floor
-  of pure noise in 8% of draws at n = 300: the bootstrap of a mean's squared norm is degenerate
-  at mu = 0, and the additive shift errs on the safe side there.
+  clipped at 0). bench/snr_calibration.py (confidence 0.9, X = 256, n = 5 / 40 / 300, isotropic
+  and 1/k-spectrum noise, 200 draws each): pure noise put the interval above the floor in 0-0.5%
+  of draws (nominal 5%), a planted share of 0.05 was covered in 94-100%. Rescaling the
+  percentiles by estimate / median instead (a log-scale shift) gave intervals half as wide that
+  cleared the floor of pure noise in up to 8% of draws: the bootstrap of a mean's squared norm is
+  degenerate at mu = 0, and the additive shift errs on the safe side there.
   """
   g_PX = np.asarray(grads_PX, np.float64)
   n = g_PX.shape[0]
