@@ -23,6 +23,7 @@ def get_config(variant: str = ""):
   c.track = "two_stage"
   c.mesh.data = -1
   c.problems.source = "builtin:easy_arithmetic"
+  c.prompts.teacher_context = "answer_only"   # its problems have no worked solutions
   c.problems.n_train = 128
   c.problems.n_heldout = 48
   c.verifier.extract = ["boxed", "answer_line", "last_number"]

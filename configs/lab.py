@@ -50,8 +50,7 @@ def get_config(variant: str = ""):
   e.train.warmup_steps = 10
   e.train.weight_decay = 0.0
   e.train.checkpoint_every = 50
-  e.snr.num_problems = 288          # 32 per pass-rate bin: a noise floor of 1/31 (96 left every bin at it)
-  e.snr.resamples = 300
+  e.snr.num_problems = 0            # every problem: bins of 87-710 put the noise floor at 1/86..1/709
   if variant == "smoke":
     # Minutes, not an hour: tiny barely-trained models, so most pass rates are 0 and the Beta(1,1)
     # posterior mean keeps PACED weights above 0 (as in configs/tiny.py).

@@ -2,7 +2,10 @@
 
 METHOD.md section 7 (the paper's second headline row). Each step the current student samples a
 response per problem; the frozen initial student (teacher "" = the student's own checkpoint),
-shown the problem plus its ground-truth answer (`answer_only`), scores the same tokens.
+shown the problem plus its expert solution (`solution`, the paper's Figure 3), scores the same
+tokens. Problems need a solution column (--config.problems.field_solution); those without one fall
+back to the answer (`answer_only`) with a warning, and --config.prompts.teacher_context=answer_only
+makes that the rule.
 Paths are placeholders; nothing is downloaded:
   --config.student=/models/Qwen2.5-Math-7B-Instruct
   --config.problems.source=/data/train/math_train.jsonl
@@ -39,5 +42,4 @@ def get_config(variant: str = ""):
   c = pp.paper_config(workdir="workdir/qwen25_math_selfdistill", student="/models/Qwen2.5-Math-7B-Instruct",
                       teacher="", track="self_distill", loss="rkl",
                       max_new_tokens=CONTEXT - pp.PROMPT_BUDGET)
-  c.prompts.teacher_context = "answer_only"
   return pp.build(c, variant, SLICES, "configs/qwen25_math_selfdistill.py")

@@ -14,6 +14,7 @@ def get_config(variant: str = ""):
   c.track = "two_stage"
   c.mesh.data = -1
   c.problems.source = "builtin:easy_arithmetic_1digit"
+  c.prompts.teacher_context = "answer_only"   # its problems have no worked solutions
   c.problems.n_train = 24
   c.problems.n_heldout = 8
   c.verifier.extract = ["boxed", "answer_line", "last_number"]

@@ -136,13 +136,16 @@ class WeightConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SNRConfig:
-  num_problems: int = 256
+  """Gradient-SNR diagnostic (METHOD.md section 5, analysis/snr.py)."""
+  num_problems: int = 0           # 0 = every problem with a pass rate; N = a seeded cap of N problems
+  stratified: bool = True         # a cap draws round-robin over pass-rate bins, not by frequency
+  equal_n: bool = False           # cut every bin to the smallest bin's size (bins of < 2 problems aside)
+  step: int = -1                  # -1 = the initial student; N = the training checkpoint of step N (tag step<N>)
   dim: int = 4096                 # count-sketch dimensions; 0 = the selected gradient itself
   param_regex: str = ""           # re.search over parameter paths like 'layers/mlp/down_proj/kernel'
   seed: int = 0                   # problem selection, sketch hash, bootstrap
-  stratified: bool = True         # draw problems round-robin over pass-rate bins, not by frequency
   resamples: int = 1000
-  confidence: float = 0.9
+  confidence: float = 0.9         # simultaneous over the bins (analysis/snr_stats.py)
   source: str = "auto"            # auto (offline if a teacher store exists) | offline | on_policy
   divergence: str = "auto"        # auto (the trainer's for that source) or a divergence name (training/losses.py)
   round: int = -1                 # pass-rate round; -1 = the latest
@@ -152,8 +155,10 @@ class SNRConfig:
   def __post_init__(self):
     if self.source not in ("auto", "offline", "on_policy"):
       raise ValueError(f"snr.source {self.source!r}: expected auto, offline or on_policy")
-    if self.num_problems < 2 or self.dim < 0 or self.resamples < 1 or not 0 < self.confidence < 1:
-      raise ValueError(f"snr: need num_problems >= 2, dim >= 0, resamples >= 1, 0 < confidence < 1; got {self}")
+    if self.num_problems < 0 or self.num_problems == 1:
+      raise ValueError(f"snr.num_problems {self.num_problems}: expected 0 (all) or >= 2")
+    if self.dim < 0 or self.resamples < 1 or not 0 < self.confidence < 1 or self.step < -1:
+      raise ValueError(f"snr: need dim >= 0, resamples >= 1, 0 < confidence < 1, step >= -1; got {self}")
     if self.rows_per_call < 1 or self.vmap_rows < 1:
       raise ValueError(f"snr: rows_per_call and vmap_rows must be >= 1, got {self.rows_per_call}, {self.vmap_rows}")
 
@@ -175,7 +180,9 @@ class PromptConfig:
   """How problems become chat prompts for the student and the privileged teacher."""
   system: str = ""                       # "" = the chat template's default system prompt
   student_template: str = "{problem}"
-  teacher_context: str = "answer_only"   # none | answer_only | solution
+  # The self-distillation teacher's privileged context: none | answer_only | solution (the paper's;
+  # a problem without a solution falls back to answer_only, with a warning: problems/prompts.py).
+  teacher_context: str = "solution"
   answer_only_template: str = "{problem}\n\n(The correct final answer is {answer}. Solve it step by step.)"
   solution_template: str = "{problem}\n\nHere is an expert solution:\n{solution}\n\nNow solve it yourself."
   enable_thinking: bool = False          # Qwen3 chat template switch
@@ -269,7 +276,7 @@ class ExperimentConfig:
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
   snr: SNRConfig = SNRConfig()
-  run_snr: bool = False             # the pipeline measures gradient SNR at the initial student
+  run_snr: bool = False             # the pipeline measures gradient SNR at the initial student (and at snr.step)
 
 
 _CHOICES = {

@@ -61,12 +61,14 @@ def run(cfg: ExperimentConfig) -> str:
     teacher_stage.run(cfg, teacher)
 
   if cfg.run_snr:
-    snr.run(cfg, student, teacher, tag="initial")
+    snr.run(cfg, student, teacher, step=-1)  # the initial student; snr.step (if set) after training
   _banner(next(step), n, "evaluate initial student")
   initial = evaluate.evaluate(cfg, student, tag=evaluate.BASELINE_TAG)
   _banner(next(step), n, "train")
   trainer.train(cfg, student, teacher)
   _banner(next(step), n, "evaluate trained student")
+  if cfg.run_snr and cfg.snr.step >= 0:
+    snr.run(cfg, student, teacher)  # snr/step<N>/
   trained_step, params = trainer.restore_params(cfg, student)
   final = evaluate.evaluate(cfg, student, params=params, tag="final",
                             fingerprint=f"{student.fingerprint}@step{trained_step}")

@@ -13,6 +13,7 @@ import pytest
 
 from paced_jax import workspace
 from paced_jax import artifacts, config as config_lib
+from paced_jax.evaluation import pass_rate
 from paced_jax.lab import config as lab_config
 from paced_jax.lab import report as lab_report
 from paced_jax.lab import runner as lab_runner
@@ -59,6 +60,34 @@ def test_run_configs_differ_only_where_they_should(tmp_path):
   assert len({d.workdir, s.workdir, t.workdir}) == 3
 
 
+def test_a_run_that_recomputes_pass_rates_leaves_other_runs_alone(tmp_path):
+  """Regression: runs used to share one pass_rates/ symlink, so a run's recomputed round became the
+  latest round, i.e. the starting weights, of every run after it."""
+  lab = _lab(tmp_path, "")
+  shared = workspace.lab_shared_dir(lab.workdir)
+  for path_of in lab_runner.SHARED_LINKS:
+    os.makedirs(path_of(shared))
+  artifacts.write_manifest(workspace.pass_rates_dir(shared, 0), "pass_rates", histogram=[1, 1])
+  first = workspace.lab_run_dir(lab.workdir, "distill", "paced", 0)
+  second = workspace.lab_run_dir(lab.workdir, "distill", "uniform", 0)
+  lab_runner._link_shared(lab, first)
+  # What the trainer does at a recompute (trainer.train): write round latest + 1 in its workdir.
+  assert pass_rate.latest_round(first) == 0
+  artifacts.write_manifest(workspace.pass_rates_dir(first, pass_rate.latest_round(first) + 1), "pass_rates",
+                           histogram=[0, 2])
+  lab_runner._link_shared(lab, second)
+  assert (pass_rate.latest_round(first), pass_rate.latest_round(second), pass_rate.latest_round(shared)) == (1, 0, 0)
+  assert os.path.realpath(workspace.pass_rates_dir(second, 0)) == os.path.realpath(workspace.pass_rates_dir(shared, 0))
+  for path_of in lab_runner.SHARED_LINKS:
+    assert os.path.islink(path_of(second))
+  # A run laid out the old way (pass_rates/ itself a link) gets its own directory.
+  old = workspace.lab_run_dir(lab.workdir, "distill", "akl", 0)
+  os.makedirs(old)
+  os.symlink(os.path.relpath(workspace.pass_rates_root(shared), old), workspace.pass_rates_root(old))
+  lab_runner._link_shared(lab, old)
+  assert not os.path.islink(workspace.pass_rates_root(old)) and pass_rate.latest_round(old) == 0
+
+
 def test_mean_se_and_level_accuracy(tmp_path):
   values = [0.2, 0.4, 0.9]
   mean, se, n = lab_report.mean_se(values)
@@ -84,7 +113,8 @@ def test_smoke_lab_end_to_end(tmp_path, capsys):
   records = lab_runner.run_all(lab, student, teacher)
   assert len(records) == len(lab.tracks) * len(lab.methods) * len(lab.seeds) == 6
   run = workspace.lab_run_dir(lab.workdir, "distill", "paced", 0)
-  assert os.path.islink(os.path.join(run, "pass_rates")) and os.path.exists(os.path.join(run, "eval", "final"))
+  assert os.path.islink(os.path.join(run, "pass_rates", "0000")) and os.path.exists(os.path.join(run, "eval", "final"))
+  assert not os.path.islink(os.path.join(run, "pass_rates"))
   assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == lab.experiment.train.steps
   assert lab_runner.run_all(lab, student, teacher) == records  # finished runs are read back, not redone
   other = dataclasses.replace(lab, experiment=dataclasses.replace(

@@ -14,11 +14,14 @@ from stage_fixtures import load_config_file
 def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   c = load_config_file("tiny.py")
   c.workdir = str(tmp_path / "w")
+  c.run_snr = True  # at the initial student and at the final checkpoint
+  c.snr.step, c.snr.num_problems, c.snr.dim, c.snr.resamples = c.train.steps, 6, 64, 50
   cfg = config_lib.experiment(c)
   report_path = pipeline.run(cfg)
   w = cfg.workdir
   for directory, kind in [("problems", "problems"), ("pass_rates/0000", "pass_rates"), ("references", "references"),
-                          ("teacher", "teacher_signal"), ("eval/initial", "eval"), ("eval/final", "eval")]:
+                          ("teacher", "teacher_signal"), ("eval/initial", "eval"), ("eval/final", "eval"),
+                          ("snr/initial", "snr"), (f"snr/step{cfg.train.steps}", "snr")]:
     artifacts.read_manifest(os.path.join(w, directory), kind)
   assert os.path.isdir(os.path.join(w, "checkpoints", str(cfg.train.steps)))
   lines = open(os.path.join(w, "metrics", "train.jsonl")).read().splitlines()
@@ -28,6 +31,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
   assert images and all(os.path.exists(os.path.join(os.path.dirname(report_path), i)) for i in images)
   assert "final" in report and "initial" in report
+  assert "### initial" in report and f"### step{cfg.train.steps}" in report  # the SNR sections
   out = capsys.readouterr().out
   assert "report:" in out and "trained student" in out
   # A second run finds everything complete and redoes nothing expensive.

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from paced_jax import artifacts
+from paced_jax.config import PromptConfig
+from paced_jax.problems import prompts
 from paced_jax.problems import builtin
 from paced_jax.problems import prepare as prepare_lib
 from paced_jax.problems import records
@@ -312,3 +316,30 @@ def test_prepare_tool(tmp_path):
   assert out.strip() == f"{tmp_path}/problems (written): train 12, heldout 4"
   bad = subprocess.run(cmd[:-1] + ["--n_heldout=5"], cwd=REPO, capture_output=True, text=True)
   assert bad.returncode == 1 and "field 'n_heldout' is 4 but this run expects 5" in bad.stderr
+
+
+def test_teacher_context_solution_falls_back_to_the_answer_with_one_warning():
+  cfg = PromptConfig(student_template="Q: {problem}", answer_only_template="Q: {problem} (answer {answer})",
+                     solution_template="Q: {problem} (solution: {solution})")
+  assert cfg == dataclasses.replace(PromptConfig(), student_template=cfg.student_template,
+                                    answer_only_template=cfg.answer_only_template,
+                                    solution_template=cfg.solution_template)  # 'solution' is the default
+  with_solution = records.Problem(id="a", prompt="1+1", answer="2", solution="1+1 = 2", source="t")
+  without = records.Problem(id="b", prompt="2+2", answer="4", solution=None, source="t")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert prompts.teacher_text(with_solution, cfg) == "Q: 1+1 (solution: 1+1 = 2)"
+    assert not caught
+    assert prompts.teacher_text(without, cfg) == "Q: 2+2 (answer 4)"
+  assert [w.category for w in caught] == [prompts.NoSolutionWarning] and "answer_only" in str(caught[0].message)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")  # Python's default: once, not once per problem
+    for p in (without, dataclasses.replace(without, id="c"), dataclasses.replace(without, id="d")):
+      prompts.teacher_text(p, cfg)
+  assert len(caught) == 1
+  answer_only = dataclasses.replace(cfg, teacher_context="answer_only")
+  none = dataclasses.replace(cfg, teacher_context="none")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert prompts.teacher_text(with_solution, answer_only) == "Q: 1+1 (answer 2)"
+    assert prompts.teacher_text(with_solution, none) == "Q: 1+1"

@@ -78,6 +78,12 @@ def test_report_from_finished_run(finished):
   # Forgetting: 60.0 -> 59.0 is 1.0 point, 1.7% relative.
   assert "| paced / fkl | 60.0 | 59.0 (final) | 1.0 | 1.7% |" in text
   assert "24 problems, K = 4" in text and "| 2 |" in text  # pass rates; training ran 2 steps
+  # SNR: each bin against its own floor. Bin p = 0.25 carries a shared direction of share 1 (n = 6,
+  # X = 16); the other four are pure noise.
+  snr_part = text.split("## Gradient SNR")[1]
+  assert "| p | n | SNR | noise floor | rho_hat | interval | above floor | w (norm.) |" in snr_part
+  assert "**1 of 5 bins sit above their noise floor" in snr_part and "p=0.25 (n=6" in snr_part
+  assert f"| 0.25 | 6 | " in snr_part and f"| {16 / (16 * 5 - 2):.3g} | " in snr_part
 
 
 def test_compare_adds_one_row_per_run(finished, tmp_path):

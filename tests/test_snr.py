@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -56,17 +57,17 @@ def test_binned_snr_orders_bins_and_intervals_contain_estimates():
   grads = np.concatenate([s * mu + rng.normal(size=(n, D)) for s in scales])
   correct = np.repeat(np.arange(5), n)
   table = snr_stats.binned_snr(grads, correct, 4, resamples=500, seed=0)
-  np.testing.assert_array_equal(table.n_G, [n] * 5)
-  np.testing.assert_allclose(table.p_G, [0, 0.25, 0.5, 0.75, 1.0])
-  for s, value in zip(scales, table.snr_G):
+  np.testing.assert_array_equal(table.n_A, [n] * 5)
+  np.testing.assert_allclose(table.p_A, [0, 0.25, 0.5, 0.75, 1.0])
+  for s, value in zip(scales, table.snr_A):
     # E ~ (||mu s||^2 + D/n) / (D (n-1)/n): the signal's share plus the noise floor.
     approx = (s ** 2 * mu @ mu + D / n) / (D * (n - 1) / n)
     assert value == pytest.approx(approx, rel=0.35)
-  assert table.snr_G[2] > table.snr_G[1] > table.snr_G[0]
-  assert np.all(table.lo_G <= table.snr_G) and np.all(table.snr_G <= table.hi_G)
+  assert table.snr_A[2] > table.snr_A[1] > table.snr_A[0]
+  assert np.all(table.lo_A <= table.snr_A) and np.all(table.snr_A <= table.hi_A)
   # An empty bin is nan; bins are always all K + 1 values.
   empty = snr_stats.binned_snr(grads[:n], correct[:n], 4)
-  assert np.isfinite(empty.snr_G[0]) and np.all(np.isnan(empty.snr_G[1:])) and list(empty.n_G) == [n, 0, 0, 0, 0]
+  assert np.isfinite(empty.snr_A[0]) and np.all(np.isnan(empty.snr_A[1:])) and list(empty.n_A) == [n, 0, 0, 0, 0]
 
 
 def test_bootstrap_interval_contains_estimate_and_covers_expectation():
@@ -84,13 +85,98 @@ def test_bootstrap_interval_contains_estimate_and_covers_expectation():
     assert lo <= snr_stats.snr_statistic(draws[0][:m]) <= hi
 
 
-def test_select_problems_round_robin_over_bins():
+def _brute_snr(g):
+  """The estimator written out row by row in float64."""
+  g = np.asarray(g, np.float64)
+  mean = g.sum(0) / len(g)
+  spread = sum(float((row - mean) @ (row - mean)) for row in g) / len(g)
+  return float(mean @ mean) / spread
+
+
+def _planted(rng, sizes, rhos, X, scale=2.0):
+  """g_i = mu_b + noise, noise N(0, scale^2 I_X), ||mu_b||^2 / tr(Sigma) = rho_b."""
+  grads = []
+  for n, rho in zip(sizes, rhos):
+    mu = rng.normal(size=X)
+    mu *= np.sqrt(rho * X * scale ** 2 / (mu @ mu))
+    grads.append(mu + scale * rng.normal(size=(n, X)))
+  return np.concatenate(grads), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def test_pure_noise_gives_zero_signal_share_whatever_the_bin_sizes():
+  rng = np.random.default_rng(10)
+  sizes, X = (5, 40, 300), 256
+  rhos = []
+  for trial in range(8):
+    grads, correct = _planted(rng, sizes, (0.0,) * 3, X)
+    table = snr_stats.binned_snr(grads, correct, 2, resamples=400, seed=trial)
+    for b, n in enumerate(sizes):
+      g = grads[correct == b]
+      floor = X / (X * (n - 1) - 2)
+      assert table.snr_A[b] == pytest.approx(_brute_snr(g), rel=1e-9)
+      assert table.floor_A[b] == pytest.approx(floor, rel=1e-12)
+      assert table.rho_A[b] == pytest.approx((_brute_snr(g) - floor) / (n * floor), rel=1e-6, abs=1e-12)
+    assert np.all((table.rho_lo_A <= 0) & (0 <= table.rho_hi_A)), (table.rho_lo_A, table.rho_hi_A)
+    assert not table.above_floor_A.any()
+    rhos.append(table.rho_A)
+  rhos = np.array(rhos)
+  # Unbiased at every n: the mean over trials sits at 0 within 4 standard errors.
+  assert np.all(np.abs(rhos.mean(0)) < 4 * rhos.std(0, ddof=1) / np.sqrt(len(rhos)) + 1e-12), rhos.mean(0)
+
+
+def test_planted_signal_share_is_recovered():
+  rng = np.random.default_rng(11)
+  sizes, rhos, X = (5, 40, 300, 300), (0.5, 0.1, 0.02, 0.0), 256
+  estimates = []
+  for trial in range(6):
+    grads, correct = _planted(rng, sizes, rhos, X)
+    table = snr_stats.binned_snr(grads, correct, 3, resamples=400, seed=trial)
+    assert np.all((table.rho_lo_A <= rhos) & (rhos <= table.rho_hi_A)), (table.rho_lo_A, rhos, table.rho_hi_A)
+    assert table.above_floor_A.tolist()[1:] == [True, True, False]
+    estimates.append(table.rho_A)
+  estimates = np.array(estimates)  # unbiased: the mean over draws within 4 standard errors of rho
+  se = estimates.std(0, ddof=1) / np.sqrt(len(estimates))
+  assert np.all(np.abs(estimates.mean(0) - rhos) < 4 * se + 1e-4), (estimates.mean(0), se)
+
+
+def test_a_bell_drawn_from_noise_is_not_reported_as_signal():
+  # Unequal bins of pure noise: the raw SNR ~ 1 / (n - 1), normalised to its maximum, is a bell.
+  rng = np.random.default_rng(12)
+  sizes = (710, 300, 160, 110, 90, 87, 120, 200, 400)
+  grads, correct = _planted(rng, sizes, (0.0,) * 9, 128)
+  table = snr_stats.binned_snr(grads, correct, 8, resamples=400, seed=0)
+  bell = table.snr_A / table.snr_A.max()
+  assert 3 <= int(np.argmax(bell)) <= 6 and bell[0] < 0.2 and bell[-1] < 0.4
+  assert not table.above_floor_A.any()
+  rows = [{"p": str(p), "n": str(n), "rho": str(r), "rho_lo": str(lo), "above_floor": str(int(a))}
+          for p, n, r, lo, a in zip(table.p_A, table.n_A, table.rho_A, table.rho_lo_A, table.above_floor_A)]
+  assert snr_stats.summary(rows).startswith("No bin is distinguishable from its noise floor")
+  rows[4]["above_floor"] = "1"
+  assert snr_stats.summary(rows, 0.9).startswith("1 of 9 bins sit above their noise floor")
+
+
+def test_intervals_are_simultaneous_over_bins():
+  # One bin's interval alone is narrower than the same bin's among 9 measured bins (Bonferroni).
+  rng = np.random.default_rng(13)
+  grads, correct = _planted(rng, (30,) * 9, (0.0,) * 9, 64)
+  alone = snr_stats.binned_snr(grads[correct == 0], np.zeros(30, int), 8, resamples=2000, seed=0)
+  among = snr_stats.binned_snr(grads, correct, 8, resamples=2000, seed=0)
+  assert among.lo_A[0] < alone.lo_A[0] <= alone.snr_A[0] <= alone.hi_A[0] < among.hi_A[0]
+
+
+def test_select_problems_defaults_to_all_and_caps_round_robin_over_bins():
   correct = np.array([0] * 10 + [1] * 3 + [4])
+  np.testing.assert_array_equal(snr_stats.select_problems(correct, 4), np.arange(len(correct)))
   picked = snr_stats.select_problems(correct, 4, 8, seed=0)
   assert np.bincount(correct[picked], minlength=5).tolist() == [4, 3, 0, 0, 1]
   assert len(set(picked.tolist())) == 8
   np.testing.assert_array_equal(picked, snr_stats.select_problems(correct, 4, 8, seed=0))
   assert np.bincount(correct[snr_stats.select_problems(correct, 4, 100)], minlength=5).sum() == len(correct)
+  # equal_n: every bin of >= 2 problems cut to the smallest such bin (3); a lone problem stays.
+  equal = snr_stats.select_problems(correct, 4, equal_n=True, seed=1)
+  assert np.bincount(correct[equal], minlength=5).tolist() == [3, 3, 0, 0, 1]
+  assert np.bincount(correct[snr_stats.select_problems(correct, 4, equal_n=True, stratified=False)],
+                     minlength=5).tolist() == [3, 3, 0, 0, 1]
 
 
 def _leaves(rng, scale=1.0):
@@ -130,6 +216,30 @@ def test_count_sketch_of_sharded_leaves_matches():
   np.testing.assert_allclose(sketch(sharded), sketch(x), rtol=1e-5, atol=1e-4)
 
 
+def _problem_example(cfg, student, problem_id):
+  data = training_data.weighted_problems(cfg)
+  problem = next(p for p in data.problems if p.id == problem_id)
+  data = dataclasses.replace(data, weight={**data.weight, problem.id: 1.0})
+  return training_data.offline_examples([problem], data, *training_data.load_offline(cfg, student),
+                                        student.tokenizer, cfg)
+
+
+def _sequence_length(cfg, student, problem_id):
+  return len(_problem_example(cfg, student, problem_id)[0].tokens)
+
+
+def _sketch_of_problem(cfg, student, params, problem_id, T, regex, dim):
+  """(count sketch, norm) of one problem's unweighted-loss gradient, computed directly."""
+  batch, _ = pack(_problem_example(cfg, student, problem_id), 1, T, cfg.teacher_signal.top_k)
+  K = cfg.pass_rate.sampling.num_samples
+  scfg = dataclasses.replace(trainer.step_config(cfg, student, "fkl", K + 1), weight_norm="none")
+  with jax.set_mesh(student.mesh):
+    grads = jax.jit(jax.grad(lambda p, b: ts.loss_and_metrics(p, b, None, scfg)[0]))(params, batch)
+  chosen = [(g, p) for g, p in zip(jax.tree.leaves(grads), snr.param_paths(grads)) if regex in p]
+  sketch = snr.count_sketch([g for g, _ in chosen], [p for _, p in chosen], dim, 0)
+  return sketch, float(jnp.sqrt(sum(jnp.sum(g ** 2) for g, _ in chosen)))
+
+
 def test_run_on_tiny_workspace(tmp_path_factory):
   workdir, student = tiny_workspace.prepared(tmp_path_factory)
   cfg = tiny_experiment(workdir)
@@ -147,25 +257,18 @@ def test_run_on_tiny_workspace(tmp_path_factory):
   assert manifest["source"] == "offline" and manifest["divergence"] == "fkl" and manifest["dim"] == 256
   z = np.load(os.path.join(directory, "projections.npz"))
   N = manifest["counts"]["problems"]
-  assert z["grads_ND"].shape == (N, 256) and N == sum(int(r["n"]) for r in rows) == 6
+  assert z["grads_PX"].shape == (N, 256) and N == sum(int(r["n"]) for r in rows) == 6
+
+  assert [r["noise_floor"] for r in rows if int(r["n"]) >= 2] == [f"{256 / (256 * (int(r['n']) - 1) - 2):.6g}"
+                                                                  for r in rows if int(r["n"]) >= 2]
+  assert open(os.path.join(directory, snr.SUMMARY)).read().strip() == snr_stats.summary(rows, 0.9)
 
   # The stored row of one problem is the count sketch of its unweighted loss's gradient.
-  data = training_data.weighted_problems(cfg)
-  problem = next(p for p in data.problems if p.id == str(z["ids"][0]))
-  data = dataclasses.replace(data, weight={**data.weight, problem.id: 1.0})
-  ex = training_data.offline_examples([problem], data, *training_data.load_offline(cfg, student), student.tokenizer, cfg)
-  T = int(manifest["loss"]["seq_len"])
-  T = min(T, max(16, 1 << (len(ex[0].tokens) - 1).bit_length()))
-  batch, _ = pack(ex, 1, T, cfg.teacher_signal.top_k)
-  scfg = dataclasses.replace(trainer.step_config(cfg, student, "fkl", K + 1), weight_norm="none")
-  params = nnx.to_pure_dict(student.params)
-  with jax.set_mesh(student.mesh):
-    grads = jax.jit(jax.grad(lambda p, b: ts.loss_and_metrics(p, b, None, scfg)[0]))(params, batch)
-  paths = snr.param_paths(grads)
-  chosen = [(g, p) for g, p in zip(jax.tree.leaves(grads), paths) if regex in p]
-  expected = snr.count_sketch([g for g, _ in chosen], [p for _, p in chosen], 256, 0)
-  np.testing.assert_allclose(z["grads_ND"][0], expected, rtol=1e-4, atol=1e-6 * float(jnp.abs(expected).max()))
-  assert z["grad_norm_N"][0] == pytest.approx(float(jnp.sqrt(sum(jnp.sum(g ** 2) for g, _ in chosen))), rel=1e-4)
+  pid = str(z["ids"][0])
+  T = min(int(manifest["loss"]["seq_len"]), max(16, 1 << (_sequence_length(cfg, student, pid) - 1).bit_length()))
+  expected, norm = _sketch_of_problem(cfg, student, nnx.to_pure_dict(student.params), pid, T, regex, 256)
+  np.testing.assert_allclose(z["grads_PX"][0], expected, rtol=1e-4, atol=1e-6 * float(jnp.abs(expected).max()))
+  assert z["grad_norm_P"][0] == pytest.approx(norm, rel=1e-4)
 
   # Same settings: reused; other settings under the same tag: refused, naming both values.
   assert snr.run(cfg, student, student, tag="test", num_problems=6, dim=256, param_regex=regex,
@@ -174,3 +277,29 @@ def test_run_on_tiny_workspace(tmp_path_factory):
     snr.run(cfg, student, student, tag="test", num_problems=6, dim=128, param_regex=regex, resamples=200)
   with pytest.raises(ValueError, match="matches no parameter"):
     snr.run(cfg, student, student, tag="none", num_problems=4, dim=16, param_regex="no_such_param")
+
+
+@pytest.mark.slow  # trains 2 steps, then measures all 24 problems (~40 s)
+def test_run_at_a_training_checkpoint_measures_every_problem(tmp_path_factory):
+  prepared, student = tiny_workspace.prepared(tmp_path_factory)
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  shutil.copytree(prepared, workdir, ignore=shutil.ignore_patterns("snr", "report"))
+  cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2, snr__step=2)
+  trainer.train(cfg, student, student, progress=False)
+  regex, dim = "mlp/down_proj", 64
+  directory = snr.run(cfg, student, student, dim=dim, param_regex=regex, resamples=50)
+  assert directory == os.path.join(workdir, "snr", "step2")
+  manifest = artifacts.read_manifest(directory, snr.KIND)
+  assert manifest["model_fingerprint"] == f"{student.fingerprint}@step2" and manifest["settings"]["step"] == 2
+  # num_problems = 0: every training problem with a sequence is measured.
+  assert manifest["counts"]["problems"] + manifest["counts"]["without_sequence"] == cfg.problems.n_train
+  z = np.load(os.path.join(directory, "projections.npz"))
+  pid = str(z["ids"][0])
+  T = min(cfg.train.seq_len, max(16, 1 << (_sequence_length(cfg, student, pid) - 1).bit_length()))
+  _, trained = trainer.restore_params(cfg, student, 2)
+  at_step, _ = _sketch_of_problem(cfg, student, trained, pid, T, regex, dim)
+  initial, _ = _sketch_of_problem(cfg, student, nnx.to_pure_dict(student.params), pid, T, regex, dim)
+  np.testing.assert_allclose(z["grads_PX"][0], at_step, rtol=1e-4, atol=1e-6 * float(jnp.abs(at_step).max()))
+  assert not np.allclose(z["grads_PX"][0], initial, rtol=1e-3)  # the checkpoint, not the initial student
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 1 \(kept: \[2\]\)"):
+    snr.run(cfg, student, student, step=1, dim=dim, param_regex=regex, resamples=50)

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from paced_jax import workspace
 from paced_jax import artifacts
+from paced_jax.analysis import snr_stats
 from paced_jax.training import weights as weights_lib
 
 CONFIG_FILE = "config.json"
@@ -334,16 +335,21 @@ def _snr_section(w: _Writer, run: Run) -> None:
     what = (f"Divergence `{manifest['divergence']}` on `{manifest['source']}` sequences, gradients "
             f"{'count-sketched' if manifest.get('projection') == 'count_sketch' else 'kept'} to D = {manifest['dim']}"
             if all(k in manifest for k in ("divergence", "source", "dim")) else "Settings unknown (no manifest)")
-    w.add(f"### {tag}", "", f"{what}. Interval: bootstrap over the bin's problems. An SNR near the noise floor "
-          "is what n problems of pure noise would give.")
-    if os.path.exists(os.path.join(directory, "snr.png")):
-      w.copy_image(f"snr_{tag}.png", os.path.join(directory, "snr.png"), f"gradient SNR ({tag})")
     with open(os.path.join(directory, "snr.csv"), newline="") as f:
       rows = list(csv.DictReader(f))
+    confidence = (manifest.get("settings") or {}).get("confidence")
+    w.add(f"### {tag}", "", f"{what}. The noise floor is the SNR that n problems of pure noise give (it "
+          "differs with n, so raw SNRs of bins of different sizes are not comparable); rho_hat is the signal "
+          "share above it, with a bootstrap interval simultaneous over the bins.", "",
+          f"**{snr_stats.summary(rows, confidence)}**", "")
+    if os.path.exists(os.path.join(directory, "snr.png")):
+      w.copy_image(f"snr_{tag}.png", os.path.join(directory, "snr.png"), f"gradient SNR ({tag})")
     num = lambda x: f"{float(x):.3g}" if x else MISSING
-    w.table(["p", "n", "SNR", "interval", "noise floor", "w (norm.)"],
-            [(num(r["p"]), r["n"], num(r["snr"]), f"[{num(r['lo'])}, {num(r['hi'])}]" if r["lo"] else MISSING,
-              num(r["noise_floor"]), num(r["w"])) for r in rows])
+    interval = lambda lo, hi: f"[{num(lo)}, {num(hi)}]" if lo else MISSING
+    w.table(["p", "n", "SNR", "noise floor", "rho_hat", "interval", "above floor", "w (norm.)"],
+            [(num(r["p"]), r["n"], num(r["snr"]), num(r["noise_floor"]), num(r.get("rho")),
+              interval(r.get("rho_lo"), r.get("rho_hi")), "yes" if r.get("above_floor") == "1" else "no", num(r["w"]))
+             for r in rows])
 
 
 def build_report(workdir: str, *, compare: Sequence[str] = ()) -> str:

@@ -1,23 +1,27 @@
 """Gradient-SNR diagnostic (METHOD.md section 5) -> WORKDIR/snr/<tag>/.
 
-At one student state, each of N training problems gets the gradient of its *unweighted*
-distillation loss (its sequence alone in a row, weight 1, weight_norm 'none'), reduced to D
+At one student state, each of the training problems gets the gradient of its *unweighted*
+distillation loss (its sequence alone in a row, weight 1, weight_norm 'none'), reduced to X
 numbers. Problems are binned by their correct count c of K (p = c / K); per bin
   SNR = ||g_mean||^2 / mean_i ||g_i - g_mean||^2,
-with a bootstrap interval over the bin's problems. Files: snr.csv, snr.png (SNR and w(p), each
-normalised to its maximum), projections.npz (the [N, D] matrix, to re-analyse), manifest.json.
+its noise floor (the SNR of n problems of pure noise) and the signal share above it, with
+bootstrap intervals over the bin's problems (snr_stats.py). Every problem with a pass rate is
+measured unless `num_problems` caps it. The student state is the initial one, or the training
+checkpoint of `step` (tag `step<N>`). Files: snr.csv, snr.png (SNR against its floor, the signal
+share against 0), summary.txt, projections.npz (the [P, X] matrix, to re-analyse), manifest.json.
 
 Projection: a count sketch (the sparse JL transform with one +-1 per coordinate): coordinate j of
-the selected parameters adds s(j) g_j to bucket h(j) in [0, D), with h and s from a 32-bit hash
-of (seed, parameter path, j) computed inside the jitted step. No [P, D] matrix or [P] table is
-ever stored, and a problem costs O(P), not the O(P D) of a dense Gaussian (7e12 multiply-adds
-per problem for 1.7B x 4096). Inner products are preserved in expectation, E <Sx, Sy> = <x, y>,
-and Var ||Sx||^2 <= 2 ||x||^4 / D, so numerator and denominator keep their meaning. `dim=0`
-skips the projection: the exact gradient of the parameters matching `param_regex`.
+the selected parameters adds s(j) g_j to bucket h(j) in [0, X), with h and s from a 32-bit hash
+of (seed, parameter path, j) computed inside the jitted step. No [#params, X] matrix or
+[#params] table is ever stored, and a problem costs O(#params), not the O(#params X) of a dense
+Gaussian (7e12 multiply-adds per problem for 1.7B x 4096). Inner products are preserved in
+expectation, E <Sx, Sy> = <x, y>, and Var ||Sx||^2 <= 2 ||x||^4 / X, so numerator and denominator
+keep their meaning. `dim=0` skips the projection: the exact gradient of the parameters matching
+`param_regex` (then X is their count, and the noise floor uses it).
 
 The statistics, their conventions (noise floor, inf, nan) and the csv / plot are in snr_stats.py.
 
-Axis legend: N problems, D sketch dimensions, G pass-rate bins (K + 1), R rows per compiled call.
+Shape suffixes (the legend in paced_jax/__init__.py): P problems, X sketch dimensions, A pass-rate buckets.
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ from paced_jax.training import trainer
 from paced_jax.training import data as training_data
 from paced_jax.training import weights as weights_lib
 from paced_jax.training import train_step as ts
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig, SNRConfig, to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.problems.prepare import read_problems
 from paced_jax.sampling.sampler import Sampler
 
 KIND = "snr"
-MAX_UNPROJECTED = 1 << 24  # dim=0 keeps every selected coordinate: refuse matrices beyond [N, 16M]
+SUMMARY = "summary.txt"  # the one-sentence verdict: which bins sit above their noise floor
+MAX_UNPROJECTED = 1 << 24  # dim=0 keeps every selected coordinate: refuse matrices beyond [P, 16M]
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -76,7 +81,7 @@ def _leaf_keys(path: str, seed: int) -> tuple[np.uint32, np.uint32]:
 
 def count_sketch(leaves, paths, dim: int, seed: int) -> jax.Array:
   """f32 [dim] count sketch of the concatenated leaves; the hash of (seed, path, index) decides."""
-  out_D = jnp.zeros((dim,), jnp.float32)
+  out_X = jnp.zeros((dim,), jnp.float32)
   for leaf, path in zip(leaves, paths):
     k_bucket, k_sign = _leaf_keys(path, seed)
     flat = jnp.zeros(leaf.shape, jnp.uint32)
@@ -85,8 +90,8 @@ def count_sketch(leaves, paths, dim: int, seed: int) -> jax.Array:
     # Flat index from iotas, not a reshape: a sharded leaf stays in place, the scatter reduces it.
     bucket = _mix32(flat + k_bucket) % np.uint32(dim)
     sign = jnp.where(_mix32(flat ^ k_sign) >> 31 == 1, -1.0, 1.0)
-    out_D = out_D.at[bucket.astype(jnp.int32)].add(sign * leaf.astype(jnp.float32))
-  return out_D
+    out_X = out_X.at[bucket.astype(jnp.int32)].add(sign * leaf.astype(jnp.float32))
+  return out_X
 
 
 def param_paths(params) -> list[str]:
@@ -98,7 +103,7 @@ def param_paths(params) -> list[str]:
 
 def per_problem_gradients(params, rows: ts.Batch, scfg: ts.StepConfig, mesh, *, param_regex: str = "", dim: int,
                           seed: int = 0, rows_per_call: int = 8, vmap_rows: int = 1):
-  """(loss [N], gradient norm [N], projected gradient [N, D]) of each single-row batch in `rows` [N, 1, T...]."""
+  """(loss [P], gradient norm [P], projected gradient [P, X]) of each single-row batch in `rows` [P, 1, T...]."""
   if isinstance(params, nnx.State):
     params = nnx.to_pure_dict(params)
   leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -124,28 +129,32 @@ def per_problem_gradients(params, rows: ts.Batch, scfg: ts.StepConfig, mesh, *, 
     return loss, optax.global_norm(g), proj.astype(jnp.float32)
 
   step = jax.jit(lambda sel, oth, chunk: jax.lax.map(lambda r: one(sel, oth, r), chunk, batch_size=vmap_rows))
-  N = rows.tokens.shape[0]
+  P = rows.tokens.shape[0]
   out = []
   with jax.set_mesh(mesh):
-    for first in range(0, N, rows_per_call):
-      idx = np.arange(first, first + rows_per_call) % N  # the last call repeats rows: one compile
+    for first in range(0, P, rows_per_call):
+      idx = np.arange(first, first + rows_per_call) % P  # the last call repeats rows: one compile
       chunk = jax.tree.map(lambda x: np.asarray(x)[idx], rows)
       out.append(jax.device_get(step(selected, rest, chunk)))
-  loss_N, norm_N, proj_ND = (np.concatenate([o[i] for o in out])[:N] for i in range(3))
-  return loss_N, norm_N, proj_ND
+  loss_P, norm_P, proj_PX = (np.concatenate([o[i] for o in out])[:P] for i in range(3))
+  return loss_P, norm_P, proj_PX
 
 
 # ---------------------------------------------------------------------------------------------
 # The stage.
 
 
-def settings(cfg: ExperimentConfig, **overrides) -> snr_stats.SNRConfig:
+def settings(cfg: ExperimentConfig, **overrides) -> SNRConfig:
   """cfg.snr (when the config has it) or the defaults, with the non-None overrides applied."""
-  base = getattr(cfg, "snr", None) or snr_stats.SNRConfig()
+  base = getattr(cfg, "snr", None) or SNRConfig()
   return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _source_and_divergence(cfg: ExperimentConfig, s: snr_stats.SNRConfig) -> tuple[str, str]:
+def default_tag(step: int) -> str:
+  return "initial" if step < 0 else f"step{step}"
+
+
+def _source_and_divergence(cfg: ExperimentConfig, s: SNRConfig) -> tuple[str, str]:
   source = s.source
   if source == "auto":
     has_store = os.path.exists(os.path.join(workspace.teacher_dir(cfg.workdir), artifacts.MANIFEST))
@@ -168,16 +177,26 @@ def _examples(cfg, student, teacher, params, problems, data, source):
   return list(enumerate(examples))
 
 
-def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, tag: str, params=None,
-        fingerprint: str | None = None, num_problems: int | None = None, dim: int | None = None,
+def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, tag: str | None = None,
+        params=None, fingerprint: str | None = None, num_problems: int | None = None, dim: int | None = None,
         **overrides) -> str:
-  """Compute (or reuse) WORKDIR/snr/<tag>/ at `params` (default: the initial student); returns the directory.
+  """Compute (or reuse) WORKDIR/snr/<tag>/; returns the directory.
 
-  Settings come from `settings(cfg, num_problems=..., dim=..., **overrides)` (snr_stats.SNRConfig fields).
+  The student state is `params` when given, else the checkpoint of settings' `step` (>= 0), else the
+  initial student. Settings come from `settings(cfg, num_problems=..., dim=..., **overrides)` (SNRConfig
+  fields); the tag defaults to `initial` / `step<N>`.
   """
+  s = settings(cfg, num_problems=num_problems, dim=dim, **overrides)
+  tag = tag or default_tag(s.step)
   if not _TAG_RE.match(tag):
     raise ValueError(f"tag {tag!r} is not a plain directory name (letters, digits, _.+-)")
-  s = settings(cfg, num_problems=num_problems, dim=dim, **overrides)
+  if params is None and s.step >= 0:
+    with trainer.checkpoint_manager(cfg.workdir) as mngr:
+      kept = sorted(mngr.all_steps())
+    if s.step not in kept:  # the trainer keeps only its latest checkpoints (train.checkpoint_every)
+      raise FileNotFoundError(f"{cfg.workdir}/checkpoints: no checkpoint of step {s.step} (kept: {kept})")
+    step, params = trainer.restore_params(cfg, student, s.step)
+    fingerprint = fingerprint or f"{student.fingerprint}@step{step}"
   if params is None:
     params, fingerprint = student.params, fingerprint or student.fingerprint
   elif fingerprint is None:
@@ -204,7 +223,7 @@ def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, ta
     raise ValueError(f"{rate_dir}: no pass rate for any training problem")
   K = records[problems[0].id]["K"]
   chosen = snr_stats.select_problems([records[p.id]["correct"] for p in problems], K, s.num_problems, seed=s.seed,
-                                     stratified=s.stratified)
+                                     stratified=s.stratified, equal_n=s.equal_n)
   picked = [problems[i] for i in chosen]
   # Every weight 1: the diagnostic measures the raw per-problem signal that PACED then reweights.
   data = training_data.WeightedProblems(tuple(picked), {p.id: 1.0 for p in picked},
@@ -220,22 +239,24 @@ def run(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, ta
   rows = jax.tree.map(lambda *x: np.stack(x), *(b for _, b in kept))
   base = trainer.step_config(cfg, student, divergence, K + 1)
   scfg = dataclasses.replace(base, weight_norm="none", train=dataclasses.replace(base.train, micro_batches=1))
-  loss_N, norm_N, proj_ND = per_problem_gradients(params, rows, scfg, student.mesh, param_regex=s.param_regex,
+  loss_P, norm_P, proj_PX = per_problem_gradients(params, rows, scfg, student.mesh, param_regex=s.param_regex,
                                                   dim=s.dim, seed=s.seed, rows_per_call=s.rows_per_call,
                                                   vmap_rows=s.vmap_rows)
   ids = [picked[i].id for i, _ in kept]
-  correct_N = np.asarray([data.correct[i] for i in ids], np.int64)
-  table = snr_stats.binned_snr(proj_ND, correct_N, K, resamples=s.resamples, confidence=s.confidence, seed=s.seed)
-  w_G = weights_lib.raw_weights(np.arange(K + 1), K, cfg.weights)
-  snr_stats.write_csv(os.path.join(directory, "snr.csv"), table, w_G, loss_N, norm_N, correct_N)
-  snr_stats.plot(os.path.join(directory, "snr.png"), table, w_G,
-                 title=f"gradient SNR ({tag}, {divergence}, D={proj_ND.shape[1]})")
+  correct_P = np.asarray([data.correct[i] for i in ids], np.int64)
+  table = snr_stats.binned_snr(proj_PX, correct_P, K, resamples=s.resamples, confidence=s.confidence, seed=s.seed)
+  w_A = weights_lib.raw_weights(np.arange(K + 1), K, cfg.weights)
+  snr_stats.write_csv(os.path.join(directory, "snr.csv"), table, w_A, loss_P, norm_P, correct_P)
+  snr_stats.plot(os.path.join(directory, "snr.png"), table, w_A,
+                 title=f"gradient SNR ({tag}, {divergence}, D={proj_PX.shape[1]})")
+  text = snr_stats.summary(snr_stats.read_csv(os.path.join(directory, "snr.csv")), s.confidence)
+  artifacts.write_bytes(os.path.join(directory, SUMMARY), (text + "\n").encode())
   buf = io.BytesIO()
-  np.savez(buf, grads_ND=proj_ND.astype(np.float32), correct_N=correct_N, loss_N=loss_N, grad_norm_N=norm_N,
+  np.savez(buf, grads_PX=proj_PX.astype(np.float32), correct_P=correct_P, loss_P=loss_P, grad_norm_P=norm_P,
            ids=np.asarray(ids))
   artifacts.write_bytes(os.path.join(directory, "projections.npz"), buf.getvalue())
-  artifacts.write_manifest(directory, KIND, **expected, K=K, dim=int(proj_ND.shape[1]),
+  artifacts.write_manifest(directory, KIND, **expected, K=K, dim=int(proj_PX.shape[1]),
                            counts={"problems": len(ids), "without_sequence": len(picked) - len(ids)},
                            checksums={f: artifacts.sha256_file(os.path.join(directory, f))
-                                      for f in ("snr.csv", "snr.png", "projections.npz")})
+                                      for f in ("snr.csv", "snr.png", SUMMARY, "projections.npz")})
   return directory

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from paced_jax import workspace
 from paced_jax import artifacts
+from paced_jax.analysis import snr_stats
 from paced_jax.evaluation import evaluate
 from paced_jax.lab import config as lab_config
 from paced_jax.lab import runner as lab_runner
@@ -268,16 +269,23 @@ def build(workdir: str) -> str:
       artifacts.write_bytes(os.path.join(out, name), f.read())
     images.append(name)
     manifest = _read(os.path.join(os.path.dirname(path), artifacts.MANIFEST)) or {}
-    lines += [f"## Gradient SNR at the initial student: {tag}", "",
-              f"Divergence `{manifest.get('divergence')}` on `{manifest.get('source')}` sequences, "
-              f"{manifest.get('counts', {}).get('problems')} problems, count sketch D = {manifest.get('dim')}.", "",
-              f"![gradient SNR {tag}]({name})", "", "| p | n | SNR | 90% interval | noise floor | w(p) (norm.) |",
-              "|---|---|---|---|---|---|"]
     with open(path, newline="") as f:
-      for r in csv.DictReader(f):
-        num = lambda x: f"{float(x):.3g}" if x not in ("", None) else MISSING
-        lines.append(f"| {num(r['p'])} | {r['n']} | {num(r['snr'])} | [{num(r['lo'])}, {num(r['hi'])}] | "
-                     f"{num(r['noise_floor'])} | {num(r['w'])} |")
+      rows = list(csv.DictReader(f))
+    settings = manifest.get("settings") or {}
+    where = "the initial student" if settings.get("step", -1) < 0 else f"training step {settings['step']}"
+    lines += [f"## Gradient SNR at {where}: {tag}", "",
+              f"Divergence `{manifest.get('divergence')}` on `{manifest.get('source')}` sequences, "
+              f"{manifest.get('counts', {}).get('problems')} problems, count sketch D = {manifest.get('dim')}. "
+              "The noise floor is what n problems of pure noise give; rho_hat is the signal share above it.", "",
+              f"**{snr_stats.summary(rows, settings.get('confidence'))}**", "",
+              f"![gradient SNR {tag}]({name})", "",
+              "| p | n | SNR | noise floor | rho_hat | interval | above floor | w(p) (norm.) |",
+              "|---|---|---|---|---|---|---|---|"]
+    num = lambda x: f"{float(x):.3g}" if x not in ("", None) else MISSING
+    for r in rows:
+      lines.append(f"| {num(r['p'])} | {r['n']} | {num(r['snr'])} | {num(r['noise_floor'])} | {num(r.get('rho'))} | "
+                   f"[{num(r.get('rho_lo'))}, {num(r.get('rho_hi'))}] | "
+                   f"{'yes' if r.get('above_floor') == '1' else 'no'} | {num(r['w'])} |")
     lines.append("")
   seconds = [r["seconds"] for r in data["runs"]]
   if seconds:

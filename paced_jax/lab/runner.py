@@ -9,7 +9,9 @@
     snr/<track>/                     gradient SNR at the initial student, per track
     pool/, solved.jsonl              the retain set: unseen problems the initial student solved K/K
   WORKDIR/runs/<track>/<method>/seed<s>/  one pipeline workspace per run: the shared inputs are
-                                   symlinked in; checkpoints/, metrics/, eval/final/ are its own
+                                   symlinked in; checkpoints/, metrics/, eval/final/ are its own,
+                                   and so is pass_rates/: only its round 0000 links to the shared
+                                   one, so a recomputed round stays inside the run that made it
 
 Every run has the same step budget, batch size and learning rate; methods differ only in the
 weights and the divergence (METHODS), tracks only in the data source, divergence and teacher
@@ -41,6 +43,8 @@ from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings
 
 SOLVED = "solved"          # benchmark name of the retain set
 TEACHER_TAG = "teacher"    # eval tag of the teacher in the shared workspace
+SHARED_LINKS = ("problems", "references", "teacher")   # symlinked whole into every run
+SHARED_ROUND = 0           # the initial student's pass rates: the only round every run starts from
 # The paper's divergence per track; the two-stage schedule picks FKL then RKL itself (trainer.stage_of).
 TRACK_LOSS = {"distill": "fkl", "self_distill": "rkl", "two_stage": "fkl"}
 
@@ -93,7 +97,7 @@ def _prepare(cfg: ExperimentConfig) -> None:
 
 def level_histogram(workdir: str) -> dict[int, list[int]]:
   """Correct-count histogram of the initial student's pass rates, per difficulty level."""
-  directory = workspace.pass_rates_dir(workdir, 0)
+  directory = workspace.pass_rates_dir(workdir, SHARED_ROUND)
   records = {r["id"]: r for r in pass_rate.read_records(directory)}
   out: dict[int, list[int]] = {}
   for p in prepare_lib.read_problems(workdir, "train"):
@@ -152,6 +156,10 @@ def prepare_shared(lab: LabConfig, mesh=None):
   teacher = loaded_model.load(distill.teacher, mesh, distill.model)
   teacher_stage.check_same_tokenizer(student, teacher)
   pass_rate.run(distill, student)
+  stale = pass_rate.latest_round(distill.workdir)
+  if stale != SHARED_ROUND:  # written through the shared link by runs of an older lab
+    print(f"warning: {distill.workdir}/pass_rates holds rounds up to {stale:04d} from an older lab's runs; "
+          f"every run starts from round {SHARED_ROUND:04d}, and rounds a run recomputes stay in that run", flush=True)
   print("initial student's pass rates by level (problems per correct count of K):\n"
         + format_level_histogram(level_histogram(distill.workdir)), flush=True)
   if {"distill", "two_stage"} & set(lab.tracks):
@@ -166,7 +174,7 @@ def prepare_shared(lab: LabConfig, mesh=None):
       if track == "two_stage":
         continue  # its first stage is the distillation track's FKL on the same references
       cfg = track_config(lab, track, workspace.lab_shared_dir(lab.workdir))
-      snr.run(cfg, student, student if track == "self_distill" else teacher, tag=track,
+      snr.run(cfg, student, student if track == "self_distill" else teacher, tag=track, round=SHARED_ROUND,
               source="offline" if track == "distill" else "on_policy")
   print(f"shared stage ready ({(time.time() - tic) / 60:.1f} min)", flush=True)
   return student, teacher
@@ -175,18 +183,31 @@ def prepare_shared(lab: LabConfig, mesh=None):
 # ---------------------------------------------------------------------------------------------
 # Runs.
 
-# The shared workspace's inputs a run links to (each a workspace path of a workdir).
-SHARED_LINKS = (workspace.problems_dir, workspace.pass_rates_root, workspace.references_dir, workspace.teacher_dir)
+# The shared workspace's inputs a run links to as they are (pass rates: see _link_shared).
+SHARED_LINKS = (workspace.problems_dir, workspace.references_dir, workspace.teacher_dir)
 RUN_RECORD = "lab_run.json"
 
 
 def _link_shared(lab: LabConfig, workdir: str) -> None:
-  """Symlink the shared inputs into a run's workspace (relative, so the lab directory can move)."""
+  """Symlink the shared inputs into a run's workspace (relative, so the lab directory can move).
+
+  pass_rates/ is the run's own directory holding a link to the shared round 0 alone: the trainer
+  starts from the latest round it finds and writes a recompute as latest + 1, so a shared
+  pass_rates/ would hand one run's recomputed rates to the next run as its starting weights.
+  """
   os.makedirs(workdir, exist_ok=True)
   for path_of in SHARED_LINKS:
     target, link = path_of(workspace.lab_shared_dir(lab.workdir)), path_of(workdir)
     if os.path.exists(target) and not os.path.lexists(link):
       os.symlink(os.path.relpath(target, workdir), link)
+  rates = workspace.pass_rates_root(workdir)
+  if os.path.islink(rates):  # a run laid out before runs owned their rounds
+    os.unlink(rates)
+  target = workspace.pass_rates_dir(workspace.lab_shared_dir(lab.workdir), SHARED_ROUND)
+  link = workspace.pass_rates_dir(workdir, SHARED_ROUND)
+  if os.path.exists(target) and not os.path.lexists(link):
+    os.makedirs(rates, exist_ok=True)
+    os.symlink(os.path.relpath(target, rates), link)
 
 
 def _outcome_settings(cfg: ExperimentConfig) -> dict:

@@ -1,7 +1,8 @@
 """Gradient-SNR diagnostic per pass-rate bin (METHOD.md section 5) -> WORKDIR/snr/<tag>/.
 
-  python -m paced_jax.tools.snr --config=configs/tiny.py                         # initial student
-  python -m paced_jax.tools.snr --config=configs/tiny.py --checkpoint=latest --num_problems=64
+  python -m paced_jax.tools.snr --config=configs/tiny.py                         # initial student, every problem
+  python -m paced_jax.tools.snr --config=configs/tiny.py --step=latest --num_problems=64
+  python -m paced_jax.tools.snr --config=configs/tiny.py --step=20               # tag step20
   python -m paced_jax.tools.snr --config=configs/tiny.py --param_regex='mlp/down_proj' --dim=0
 """
 
@@ -17,13 +18,14 @@ from paced_jax.training import trainer
 from paced_jax.tools import flags
 
 TAG = absl_flags.DEFINE_string("tag", None, "Results go to WORKDIR/snr/<tag>/ (default: initial, or step<N>).")
-CHECKPOINT = absl_flags.DEFINE_string("checkpoint", "", "'' = the initial student; 'latest' or a step number.")
-NUM_PROBLEMS = absl_flags.DEFINE_integer("num_problems", None, "Training problems to take gradients of.")
+STEP = absl_flags.DEFINE_string("step", None, "'initial', 'latest' or a checkpoint step (default: config.snr.step).")
+NUM_PROBLEMS = absl_flags.DEFINE_integer("num_problems", None, "Cap on the problems measured; 0 = all.")
+EQUAL_N = absl_flags.DEFINE_bool("equal_n", None, "Cut every pass-rate bin to the smallest bin's size.")
 DIM = absl_flags.DEFINE_integer("dim", None, "Count-sketch dimensions; 0 = the selected gradient itself.")
 PARAM_REGEX = absl_flags.DEFINE_string("param_regex", None, "Only parameters whose path matches (re.search).")
 SEED = absl_flags.DEFINE_integer("seed", None, "Problem selection, sketch hash and bootstrap seed.")
 RESAMPLES = absl_flags.DEFINE_integer("resamples", None, "Bootstrap resamples.")
-CONFIDENCE = absl_flags.DEFINE_float("confidence", None, "Bootstrap interval coverage.")
+CONFIDENCE = absl_flags.DEFINE_float("confidence", None, "Simultaneous coverage of the bins' intervals.")
 SOURCE = absl_flags.DEFINE_enum("source", None, ["auto", "offline", "on_policy"], "Where sequences come from.")
 VMAP_ROWS = absl_flags.DEFINE_integer("vmap_rows", None, "Per-problem gradients held at once (memory).")
 
@@ -32,20 +34,23 @@ def main(argv):
   del argv
   cfg = flags.experiment()
   student, teacher = loaded_model.load_student_and_teacher(cfg)
-  params, fingerprint, tag = None, None, TAG.value or "initial"
-  if CHECKPOINT.value:
-    step = None if CHECKPOINT.value == "latest" else int(CHECKPOINT.value)
-    step, params = trainer.restore_params(cfg, student, step)
-    fingerprint, tag = f"{student.fingerprint}@step{step}", TAG.value or f"step{step}"
+  step = {None: None, "initial": -1}.get(STEP.value, STEP.value)
+  if step == "latest":
+    with trainer.checkpoint_manager(cfg.workdir) as mngr:
+      step = mngr.latest_step()
+    if step is None:
+      raise SystemExit(f"snr: {cfg.workdir}/checkpoints: no checkpoint to restore")
   try:
-    directory = snr.run(cfg, student, teacher, tag=tag, params=params, fingerprint=fingerprint,
-                        num_problems=NUM_PROBLEMS.value, dim=DIM.value, param_regex=PARAM_REGEX.value,
-                        seed=SEED.value, resamples=RESAMPLES.value, confidence=CONFIDENCE.value,
-                        source=SOURCE.value, vmap_rows=VMAP_ROWS.value)
+    directory = snr.run(cfg, student, teacher, tag=TAG.value, step=None if step is None else int(step),
+                        num_problems=NUM_PROBLEMS.value, equal_n=EQUAL_N.value, dim=DIM.value,
+                        param_regex=PARAM_REGEX.value, seed=SEED.value, resamples=RESAMPLES.value,
+                        confidence=CONFIDENCE.value, source=SOURCE.value, vmap_rows=VMAP_ROWS.value)
   except (artifacts.ArtifactError, FileNotFoundError, ValueError) as e:
     raise SystemExit(f"snr: {e}") from None
-  for row in snr_stats.read_csv(f"{directory}/snr.csv"):
-    print("  ".join(f"{k}={row[k]}" for k in ("p", "n", "snr", "lo", "hi", "w")))
+  rows = snr_stats.read_csv(f"{directory}/snr.csv")
+  for row in rows:
+    print("  ".join(f"{k}={row[k]}" for k in ("p", "n", "snr", "noise_floor", "rho", "rho_lo", "rho_hi", "w")))
+  print(open(f"{directory}/{snr.SUMMARY}").read().strip())
   print(f"results: {directory}")
 
 
