@@ -323,14 +323,14 @@ def test_packed_reduction_matches_per_sequence(reduction, weight_norm):
   # Per-sequence outputs, at [row, segment id - 1].
   for (b, s), w in SEQ_WEIGHTS.items():
     sel = (SEGMENTS_BT[b] == s) & (loss_mask_BT[b] > 0)
-    assert bool(out.seq_valid_BS[b, s - 1]) == sel.any()
+    assert bool(out.seq_valid_BE[b, s - 1]) == sel.any()
     if sel.any():
-      np.testing.assert_allclose(out.seq_loss_BS[b, s - 1], token_loss_BT[b][sel].mean(), rtol=1e-6)
-      np.testing.assert_allclose(out.seq_weight_BS[b, s - 1], w, rtol=1e-6)
+      np.testing.assert_allclose(out.seq_loss_BE[b, s - 1], token_loss_BT[b][sel].mean(), rtol=1e-6)
+      np.testing.assert_allclose(out.seq_weight_BE[b, s - 1], w, rtol=1e-6)
   # Fewer segment slots than T give the same loss when they cover every id.
   small = reduce_token_loss(*args, reduction=reduction, weight_norm=weight_norm, max_segments=4)
   np.testing.assert_allclose(small.loss, out.loss, rtol=1e-6)
-  assert small.seq_loss_BS.shape == (3, 4)
+  assert small.seq_loss_BE.shape == (3, 4)
 
 
 def test_packing_does_not_change_the_loss():

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from paced_jax import artifacts, mesh as mesh_lib
@@ -61,26 +60,17 @@ def choice_sequences(tokenizer, questions: Sequence[MCQuestion], prompts: Prompt
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("valid_vocab",))
-def target_logprobs(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, where_BN, targets_BN, *,
+def target_logprobs(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, where_BQ, targets_BQ, *,
                     valid_vocab: int):
-  """log p(targets_BN[b, n] | row b up to position where_BN[b, n]): one forward, logits only there."""
+  """log p(targets_BQ[b, n] | row b up to position where_BQ[b, n]): one forward, logits only there."""
   model = nnx.merge(graphdef, params)
   hidden_BTD = model(tokens_BT, positions_BT, segment_ids_BT)
-  hidden_BND = jnp.take_along_axis(hidden_BTD, where_BN[..., None], axis=1)
-  logits_BNV = model.logits(hidden_BND)
-  V = logits_BNV.shape[-1]
-  logits_BNV = jnp.where(jnp.arange(V) < valid_vocab, logits_BNV, -jnp.inf)  # padded rows are no tokens
-  logp_BNV = jax.nn.log_softmax(logits_BNV, axis=-1)
-  return jnp.take_along_axis(logp_BNV, targets_BN[..., None], axis=-1)[..., 0]
-
-
-def _global(x: np.ndarray, sharding) -> jax.Array:
-  # Every process holds the whole (deterministic) host batch; each places its own shards.
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _host(x: jax.Array) -> np.ndarray:
-  return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  hidden_BQD = jnp.take_along_axis(hidden_BTD, where_BQ[..., None], axis=1)
+  logits_BQV = model.logits(hidden_BQD)
+  V = logits_BQV.shape[-1]
+  logits_BQV = jnp.where(jnp.arange(V) < valid_vocab, logits_BQV, -jnp.inf)  # padded rows are no tokens
+  logp_BQV = jax.nn.log_softmax(logits_BQV, axis=-1)
+  return jnp.take_along_axis(logp_BQV, targets_BQ[..., None], axis=-1)[..., 0]
 
 
 def sequence_logprobs(model: LoadedModel, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *,
@@ -124,8 +114,9 @@ def sequence_logprobs(model: LoadedModel, sequences: Sequence[tuple[Sequence[int
         where[rb, at:at + z - a] = np.arange(a, z)
         targets[rb, at:at + z - a] = packed.targets_BT[r, a:z]
         at += z - a
-    logp = _host(target_logprobs(model.graphdef, params, *(_global(x, sharding) for x in (*inputs, where, targets)),
-                                 valid_vocab=model.valid_vocab)).astype(np.float64)
+    arrays = (mesh_lib.from_host(x, sharding) for x in (*inputs, where, targets))
+    logp = mesh_lib.to_host(target_logprobs(model.graphdef, params, *arrays,
+                                            valid_vocab=model.valid_vocab)).astype(np.float64)
     for rb, r in enumerate(rows):
       at = 0
       for i in by_row[r]:

@@ -7,7 +7,7 @@ positions P - 1 .. P + n - 2. The student's prediction of the same r_j sits at i
 position len(student_prompt) - 1 + j; signal row j of a sequence pairs with it. The teacher is
 fed only `prompt + response[:-1]` (P + n - 1 tokens): nothing predicts past the last token.
 
-Axis legend: B rows, T positions, C chunk of T, D model dim, V vocabulary rows, K top-k,
+Axis letters as in paced_jax/__init__.py: B rows, T positions, C chunk of T, D model dim, V vocabulary rows, K top-k;
 n response tokens of one sequence.
 """
 
@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from paced_jax import mesh as mesh_lib
@@ -146,17 +145,6 @@ def pack_sequences(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *, 
   return PackedBatch(tokens, positions, segments, targets, tuple(spans))
 
 
-def _global_array(x: np.ndarray, sharding) -> jax.Array:
-  # Every process holds the whole (deterministic) host batch; each places its own shards.
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def score_batches(graphdef, params, mesh: Mesh, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                   k: int, valid_vocab: int, length: int, batch_rows: int, chunk_size: int = 256,
                   temperature: float = 1.0, pad_id: int = 0) -> Iterator[list[tuple[int, dict[str, np.ndarray]]]]:
@@ -186,7 +174,7 @@ def score_batches(graphdef, params, mesh: Mesh, sequences: Sequence[tuple[Sequen
     for x in (packed.tokens_BT, packed.positions_BT, packed.segment_ids_BT, packed.targets_BT):
       block = np.zeros((batch_rows, length), np.int32)
       block[:len(rows)] = x[rows.start:rows.stop]
-      inputs.append(_global_array(block, sharding))
+      inputs.append(mesh_lib.from_host(block, sharding))
     return rows, score(graphdef, params, *inputs, k=k, chunk_size=chunk_size, valid_vocab=valid_vocab,
                        temperature=temperature)
 
@@ -197,7 +185,7 @@ def score_batches(graphdef, params, mesh: Mesh, sequences: Sequence[tuple[Sequen
     rows, out = pending
     if b + 1 < len(starts):
       pending = dispatch(starts[b + 1])
-    ids, logprobs, tail, target = (_to_host(x) for x in out)
+    ids, logprobs, tail, target = (mesh_lib.to_host(x) for x in out)
     results = []
     for r in rows:
       for i in by_row.get(r, ()):

@@ -4,7 +4,7 @@ The training loss needs the student's softmax over the whole vocabulary folded o
 teacher's k+1 buckets (losses.py). Holding [B, T, V] float32 logits is out of the question for
 150k vocabularies, so logits are made C positions at a time, and remade in the backward pass.
 
-Axis legend as in losses.py (B rows, T positions, C chunk of T, D model dim, V vocabulary,
+Axis letters as in paced_jax/__init__.py (B rows, T positions, C chunk of T, D model dim, V vocabulary,
 K teacher top-k, N = K + 1 buckets).
 """
 

@@ -11,11 +11,8 @@ k = V case (tests/loss_refs.py: `dense_to_sparse`), so each divergence has exact
   (or hidden states, in      (teacher's and student's)    (DIVERGENCES)       (per packed sequence,
    chunks of T: chunked_logprobs.py)                                           weighted, reduced)
 
-Axis legend:
-  B batch rows         T time (token positions of a row)   V vocabulary (student logit rows)
-  K teacher top-k      N buckets = K + 1 (the top-k ids, then the tail)
-  D model dim          C chunk of T                         S packed sequences (segments) per row
-All math is float32, whatever the dtype of the inputs.
+Axis letters as in paced_jax/__init__.py (here: B rows, T positions, V vocabulary, K teacher top-k,
+N = K + 1 buckets, E packed sequences per row). All math is float32, whatever the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -240,10 +237,10 @@ class Reduced(NamedTuple):
   numerator: jax.Array  # scalar
   denominator: jax.Array  # scalar, see `loss_denominator`
   skip: jax.Array  # bool scalar: the denominator is 0, so the step has nothing to learn from
-  seq_loss_BS: jax.Array  # unweighted mean divergence over each sequence's loss tokens (or 0)
-  seq_weight_BS: jax.Array  # each sequence's problem weight (0 where there is none)
-  seq_valid_BS: jax.Array  # bool: a sequence with at least one loss token is there
-  num_seqs: jax.Array  # scalar: sum(seq_valid_BS)
+  seq_loss_BE: jax.Array  # unweighted mean divergence over each sequence's loss tokens (or 0)
+  seq_weight_BE: jax.Array  # each sequence's problem weight (0 where there is none)
+  seq_valid_BE: jax.Array  # bool: a sequence with at least one loss token is there
+  num_seqs: jax.Array  # scalar: sum(seq_valid_BE)
   num_tokens: jax.Array  # scalar: loss tokens in the batch
 
 
@@ -257,13 +254,13 @@ def _check_modes(reduction: str, weight_norm: str) -> None:
 def _sequence_stats(loss_mask_BT, segment_ids_BT, weight_BT, num_segments):
   """Loss-token mask [B, T], and per sequence: loss-token count, weight, validity [B, S]."""
   mask_BT = (loss_mask_BT > 0) & (segment_ids_BT > 0)
-  tokens_BS = sequence_sums(mask_BT.astype(F32), segment_ids_BT, num_segments)
-  valid_BS = tokens_BS > 0
-  tokens_safe_BS = jnp.where(valid_BS, tokens_BS, 1.0)
+  tokens_BE = sequence_sums(mask_BT.astype(F32), segment_ids_BT, num_segments)
+  valid_BE = tokens_BE > 0
+  tokens_safe_BE = jnp.where(valid_BE, tokens_BE, 1.0)
   # Every token carries its sequence's weight, so the mean over loss tokens is that weight.
-  weight_sum_BS = sequence_sums(jnp.where(mask_BT, weight_BT.astype(F32), 0.0), segment_ids_BT, num_segments)
-  weight_BS = weight_sum_BS / tokens_safe_BS
-  return mask_BT, tokens_safe_BS, weight_BS, valid_BS
+  weight_sum_BE = sequence_sums(jnp.where(mask_BT, weight_BT.astype(F32), 0.0), segment_ids_BT, num_segments)
+  weight_BE = weight_sum_BE / tokens_safe_BE
+  return mask_BT, tokens_safe_BE, weight_BE, valid_BE
 
 
 def loss_denominator(
@@ -286,13 +283,13 @@ def loss_denominator(
   """
   _check_modes(reduction, weight_norm)
   num_segments = max_segments or loss_mask_BT.shape[1]
-  mask_BT, _, weight_BS, valid_BS = _sequence_stats(loss_mask_BT, segment_ids_BT, weight_BT, num_segments)
-  return _denominator(mask_BT, weight_BT, weight_BS, valid_BS, reduction, weight_norm)
+  mask_BT, _, weight_BE, valid_BE = _sequence_stats(loss_mask_BT, segment_ids_BT, weight_BT, num_segments)
+  return _denominator(mask_BT, weight_BT, weight_BE, valid_BE, reduction, weight_norm)
 
 
-def _denominator(mask_BT, weight_BT, weight_BS, valid_BS, reduction, weight_norm):
+def _denominator(mask_BT, weight_BT, weight_BE, valid_BE, reduction, weight_norm):
   if reduction == "seq_mean":
-    return jnp.sum(jnp.where(valid_BS, weight_BS, 0.0)) if weight_norm == "batch" else jnp.sum(valid_BS).astype(F32)
+    return jnp.sum(jnp.where(valid_BE, weight_BE, 0.0)) if weight_norm == "batch" else jnp.sum(valid_BE).astype(F32)
   if weight_norm == "batch":
     return jnp.sum(jnp.where(mask_BT, weight_BT.astype(F32), 0.0))
   return jnp.sum(mask_BT).astype(F32)
@@ -321,16 +318,16 @@ def reduce_token_loss(
   """
   _check_modes(reduction, weight_norm)
   num_segments = max_segments or token_loss_BT.shape[1]
-  mask_BT, tokens_safe_BS, weight_BS, valid_BS = _sequence_stats(loss_mask_BT, segment_ids_BT, weight_BT, num_segments)
+  mask_BT, tokens_safe_BE, weight_BE, valid_BE = _sequence_stats(loss_mask_BT, segment_ids_BT, weight_BT, num_segments)
   # `where`, not a product with the mask: positions outside the loss may hold inf or nan.
   loss_BT = jnp.where(mask_BT, token_loss_BT.astype(F32), 0.0)
-  seq_loss_BS = sequence_sums(loss_BT, segment_ids_BT, num_segments) / tokens_safe_BS
+  seq_loss_BE = sequence_sums(loss_BT, segment_ids_BT, num_segments) / tokens_safe_BE
   if reduction == "seq_mean":
-    numerator = jnp.sum(jnp.where(valid_BS, weight_BS * seq_loss_BS, 0.0))
+    numerator = jnp.sum(jnp.where(valid_BE, weight_BE * seq_loss_BE, 0.0))
   else:
     numerator = jnp.sum(jnp.where(mask_BT, weight_BT.astype(F32), 0.0) * loss_BT)
   if denominator is None:
-    denominator = _denominator(mask_BT, weight_BT, weight_BS, valid_BS, reduction, weight_norm)
+    denominator = _denominator(mask_BT, weight_BT, weight_BE, valid_BE, reduction, weight_norm)
   has_data = denominator > 0
   loss = jnp.where(has_data, numerator / jnp.where(has_data, denominator, 1.0), 0.0)
   return Reduced(
@@ -338,9 +335,9 @@ def reduce_token_loss(
     numerator=numerator,
     denominator=denominator,
     skip=~has_data,
-    seq_loss_BS=jnp.where(valid_BS, seq_loss_BS, 0.0),
-    seq_weight_BS=weight_BS,
-    seq_valid_BS=valid_BS,
-    num_seqs=jnp.sum(valid_BS),
+    seq_loss_BE=jnp.where(valid_BE, seq_loss_BE, 0.0),
+    seq_weight_BE=weight_BE,
+    seq_valid_BE=valid_BE,
+    num_seqs=jnp.sum(valid_BE),
     num_tokens=jnp.sum(mask_BT),
   )

@@ -119,18 +119,18 @@ def loss_and_metrics(params, batch: Batch, denominator, cfg: StepConfig):
   mask_BT = (batch.loss_mask > 0) & (batch.segment_ids > 0)
   detached_q = jax.lax.stop_gradient(log_q_BTN)
   T = batch.tokens.shape[1]
-  bucket_BS = jnp.round(losses.sequence_sums(jnp.where(mask_BT, batch.pass_bucket, 0).astype(jnp.float32),
+  bucket_BE = jnp.round(losses.sequence_sums(jnp.where(mask_BT, batch.pass_bucket, 0).astype(jnp.float32),
                                              batch.segment_ids, T)
                         / jnp.maximum(losses.sequence_sums(mask_BT.astype(jnp.float32), batch.segment_ids, T), 1.0))
-  bucket_loss, bucket_count = weights.per_bucket_sums(red.seq_loss_BS, bucket_BS.astype(jnp.int32),
-                                                      red.seq_valid_BS, cfg.num_pass_buckets)
+  bucket_loss, bucket_count = weights.per_bucket_sums(red.seq_loss_BE, bucket_BE.astype(jnp.int32),
+                                                      red.seq_valid_BE, cfg.num_pass_buckets)
   sums = {
       "fkl_sum": jnp.sum(jnp.where(mask_BT, losses.forward_kl(log_p_BTN, detached_q), 0.0)),
       "rkl_sum": jnp.sum(jnp.where(mask_BT, losses.reverse_kl(log_p_BTN, detached_q), 0.0)),
       "tokens": red.num_tokens.astype(jnp.float32),
       "sequences": red.num_seqs.astype(jnp.float32),
-      "weight_sum": jnp.sum(jnp.where(red.seq_valid_BS, red.seq_weight_BS, 0.0)),
-      "weight_sq_sum": jnp.sum(jnp.where(red.seq_valid_BS, red.seq_weight_BS ** 2, 0.0)),
+      "weight_sum": jnp.sum(jnp.where(red.seq_valid_BE, red.seq_weight_BE, 0.0)),
+      "weight_sq_sum": jnp.sum(jnp.where(red.seq_valid_BE, red.seq_weight_BE ** 2, 0.0)),
       "bucket_loss_sum": bucket_loss,
       "bucket_count": bucket_count,
   }

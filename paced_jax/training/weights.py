@@ -4,8 +4,8 @@ Host side, once over the dataset: `problem_weights` turns each problem's count o
 rollouts into a weight and a keep mask. In the step: `effective_sample_size` and
 `per_bucket_sums` (jnp, jit-friendly) feed the metrics.
 
-Axis letters (paced_jax/__init__.py): P problems, A pass-rate buckets (R + 1); S here is any
-shape of sequences.
+Axis letters (paced_jax/__init__.py): P problems, A pass-rate buckets (R + 1), E sequences (any
+shape works where E is written).
 """
 
 from __future__ import annotations
@@ -79,14 +79,14 @@ def effective_sample_size(weight_sum, weight_sq_sum):
   return weight_sum ** 2 / jnp.maximum(weight_sq_sum, 1e-30)
 
 
-def per_bucket_sums(value_S, bucket_S, valid_S, num_buckets: int) -> tuple[jax.Array, jax.Array]:
-  """Sum of `value_S` and count of valid entries per bucket, each [G]; their ratio is the bucket mean."""
-  valid_S = jnp.asarray(valid_S, bool).reshape(-1)
-  bucket_S = jnp.asarray(bucket_S, jnp.int32).reshape(-1)
-  value_S = jnp.where(valid_S, jnp.asarray(value_S, jnp.float32).reshape(-1), 0.0)
-  sums_G = jax.ops.segment_sum(value_S, bucket_S, num_segments=num_buckets)
-  counts_G = jax.ops.segment_sum(valid_S.astype(jnp.float32), bucket_S, num_segments=num_buckets)
-  return sums_G, counts_G
+def per_bucket_sums(value_E, bucket_E, valid_E, num_buckets: int) -> tuple[jax.Array, jax.Array]:
+  """Sum of `value_E` and count of valid entries per bucket, each [G]; their ratio is the bucket mean."""
+  valid_E = jnp.asarray(valid_E, bool).reshape(-1)
+  bucket_E = jnp.asarray(bucket_E, jnp.int32).reshape(-1)
+  value_E = jnp.where(valid_E, jnp.asarray(value_E, jnp.float32).reshape(-1), 0.0)
+  sums_A = jax.ops.segment_sum(value_E, bucket_E, num_segments=num_buckets)
+  counts_A = jax.ops.segment_sum(valid_E.astype(jnp.float32), bucket_E, num_segments=num_buckets)
+  return sums_A, counts_A
 
 
 def _check_counts(correct, K: int) -> np.ndarray:
