@@ -84,13 +84,15 @@ def _chunk_records(model: LoadedModel, params, problems: Sequence[Problem], cfg:
   keys = [problem_key(p.id) for p in problems]
   rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=keys, progress="eval samples")
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
-  verdicts = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(K)])
+  verdicts = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(K)],
+                               [r.finished for per in rollouts for r in per])
   greedy = None
   if cfg.eval.greedy_pass1:
     greedy_cfg = dataclasses.replace(sampling, greedy=True, num_samples=1)
-    greedy = [tok.decode(per[0].tokens, skip_special_tokens=True)
-              for per in sampler.generate(prompt_ids, greedy_cfg, prompt_keys=keys, progress="eval greedy")]
-    greedy_verdicts = grader.grade_many(greedy, [p.answer for p in problems])
+    greedy_rollouts = sampler.generate(prompt_ids, greedy_cfg, prompt_keys=keys, progress="eval greedy")
+    greedy = [tok.decode(per[0].tokens, skip_special_tokens=True) for per in greedy_rollouts]
+    greedy_verdicts = grader.grade_many(greedy, [p.answer for p in problems],
+                                        [per[0].finished for per in greedy_rollouts])
   records = []
   for i, problem in enumerate(problems):
     mine = verdicts[i * K:(i + 1) * K]

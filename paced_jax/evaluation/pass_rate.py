@@ -53,7 +53,10 @@ def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cf
   rollouts = Sampler.for_model(student, params).generate(prompt_ids, pr.sampling, prompt_keys=[problem_key(p.id) for p in problems],
                                                progress="rollouts")
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
-  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(pr.sampling.num_samples)])
+  # A rollout cut at max_new_tokens never counts as correct, whatever it boxed before the cut.
+  flat = grader.grade_many([t for per in texts for t in per],
+                           [p.answer for p in problems for _ in range(pr.sampling.num_samples)],
+                           [r.finished for per in rollouts for r in per])
   K = pr.sampling.num_samples
   records = []
   for i, problem in enumerate(problems):

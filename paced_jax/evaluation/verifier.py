@@ -1,16 +1,18 @@
-"""Answer verifier: final-answer extraction, then math-verify grading under a wall-clock bound.
+"""Answer verifier: final answers (answer_extraction), MATH normalisation (answer_normal), then
+math-verify under a wall-clock bound.
 
-Extraction and a string/number fast path run in the calling process, in linear time. The rest
-goes to math-verify in spawned worker processes: its own timeouts use signal.alarm (main thread
-only, so they are switched off here), and a sympy call stuck in C can only be stopped by killing
-the process that runs it. Never fork: the parent usually has JAX initialised.
+A response is correct when it finished, states its final answer once (repeats of the same answer
+are fine) and that answer equals the truth. Extraction and a string/number fast path run in the
+calling process, in linear time. The rest goes to math-verify in spawned worker processes: its
+own timeouts use signal.alarm (main thread only, so they are switched off here), and a sympy call
+stuck in C can only be stopped by killing the process that runs it. Never fork: the parent usually
+has JAX initialised. Forms sympy would evaluate for minutes (towers of powers) never reach it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import fractions
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
@@ -20,6 +22,11 @@ import time
 from typing import Callable, Sequence
 
 from paced_jax.config import STRATEGIES, VerifierConfig
+from paced_jax.evaluation import answer_extraction, answer_normal
+from paced_jax.evaluation.answer_extraction import extract_answer
+
+__all__ = ["STRATEGIES", "Compare", "Grader", "Verdict", "VerifierConfig", "extract_answer", "grade",
+           "math_verify_equal"]
 
 # (answer, truth) -> equivalent?  Both are cleaned LaTeX strings. Must be picklable for Grader.
 Compare = Callable[[str, str], bool]
@@ -33,7 +40,10 @@ class Verdict:
   """Grade of one response.
 
   reason: "exact" / "numeric" (fast path), "equivalent" (math-verify), "mismatch", "no_answer",
-  "empty_truth", "too_long", "timeout", "worker_crash: exit code N", or "error: <exception>".
+  "truncated" (cut off: an open box, a half-written answer, or not finished), "hedged" (two
+  different final answers, or "5 or 6", for a truth that is one answer), "empty_truth",
+  "too_long", "too_complex" (towers of powers, huge exponents, deep nesting: no math-verify),
+  "timeout", "worker_crash: exit code N", or "error: <exception>".
   """
 
   correct: bool
@@ -41,127 +51,87 @@ class Verdict:
   reason: str
 
 
-# Every pattern below has a literal anchor or unambiguous quantifiers, so matching is linear.
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*(?:\{|\Z)")
-_BRACE_TOKEN_RE = re.compile(r"\\[\s\S]|[{}]")
-_ANSWER_RE = re.compile(r"answer[ \t*]{0,4}:", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"(?:(?<![\w)])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-_FULL_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
-_THIN_SPACES = ("\\!", "\\,", "\\;", "\\:")
-_TRUNCATED = object()
+_MAX_DEPTH = 12
+# 9^9^9, 9^{9^{9}}, 2^{123456}, 100000!: sympy would evaluate them for minutes or exhaust memory.
+_HUGE_RE = re.compile(r"\^\s*\(?\s*\d+\s*\)?\s*\^|\^\s*\{[^{}]{0,200}\^|\^\s*\{?\s*\d{5,}|\d{4,}\s*!|\d{301}")
 
 
-def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
-  last = None
-  for last in pattern.finditer(text):
-    pass
-  return last
-
-
-def _last_boxed(text: str) -> str | object | None:
-  """Content of the last box; None without one; _TRUNCATED if the last box never closes."""
-  last = _last_match(_BOX_RE, text)
-  if last is None or not last.group().endswith("{"):
-    return None if last is None else _TRUNCATED
-  depth = 0
-  for tok in _BRACE_TOKEN_RE.finditer(text, last.end() - 1):
-    if tok.group() == "{":
+def _too_complex(s: str) -> bool:
+  depth = deepest = 0
+  for ch in s:
+    if ch == "{":
       depth += 1
-    elif tok.group() == "}":
+      deepest = max(deepest, depth)
+    elif ch == "}":
       depth -= 1
-      if depth == 0:
-        return text[last.end():tok.start()]
-  return _TRUNCATED
+  return deepest > _MAX_DEPTH or _HUGE_RE.search(s) is not None
 
 
-def _answer_line(text: str) -> str | None:
-  last = _last_match(_ANSWER_RE, text)
-  if last is None:
-    return None
-  end = text.find("\n", last.end())
-  return text[last.end():end if end >= 0 else len(text)].strip(" \t\r*")
+def _key(answer: str) -> object:
+  """Two final answers are the same answer when their MATH keys are equal."""
+  squashed = answer_normal.squashed(answer)
+  number = answer_normal.as_number(squashed)
+  return squashed if number is None else number
 
 
-def _last_number(text: str) -> str | None:
-  last = _last_match(_NUMBER_RE, text)
-  return None if last is None else last.group().replace(",", "")
-
-
-def _strip(s: str) -> str:
-  # str.strip, not a regex: a `[\s$.]+$` pattern is quadratic on long runs of those characters.
-  return s.strip(" \t\r\n$").rstrip(" \t\r\n$.")
-
-
-def extract_answer(text: str, cfg: VerifierConfig = VerifierConfig()) -> str | None:
-  """The final answer in `text` by the strategies of `cfg.extract`, or None."""
-  for strategy in cfg.extract:
-    if strategy == "boxed":
-      found = _last_boxed(text)
-      if found is _TRUNCATED:
-        return None
-    elif strategy == "answer_line":
-      found = _answer_line(text)
-    else:
-      found = _last_number(text)
-    if found is not None and _strip(found):
-      return _strip(found)
-  return None
-
-
-def _clean(s: str) -> str:
-  """Drop what math-verify misreads: thin spaces (`1\\,000` parses as 0) and `{,}` separators."""
-  for macro in _THIN_SPACES:
-    s = s.replace(macro, "")
-  return _strip(s.replace("{,}", ","))
-
-
-def _squash(s: str) -> str:
-  return "".join(s.split()).replace("$", "").rstrip(".")
-
-
-def _as_number(s: str) -> fractions.Fraction | None:
-  if len(s) > 100 or not _FULL_NUMBER_RE.fullmatch(s):
-    return None
-  try:
-    return fractions.Fraction(s.replace(",", ""))
-  except (ValueError, ZeroDivisionError):
-    return None
-
-
-def _prejudge(response: str, truth: str, cfg: VerifierConfig) -> Verdict | tuple[str, str, str]:
+def _prejudge(response: str, truth: str, cfg: VerifierConfig,
+              finished: bool = True) -> Verdict | tuple[str, str, str]:
   """A final Verdict when no math-verify is needed, else (extracted, answer, gold) for it."""
-  extracted = extract_answer(response, cfg)
+  found = answer_extraction.extract(response, cfg)
+  extracted = found.answers[-1] if found.answers else None
+  if found.truncated or not finished:
+    return Verdict(False, extracted, "truncated")
   if extracted is None:
     return Verdict(False, None, "no_answer")
   if "\\boxed" in truth or "\\fbox" in truth:
-    boxed = _last_boxed(truth)
-    truth = boxed if isinstance(boxed, str) else truth
-  gold, answer = _clean(truth), _clean(extracted)
+    truth = answer_extraction.extract_answer(truth, VerifierConfig(extract=("boxed",))) or truth
+  gold = answer_normal.canonical(truth)
   if not gold:
     return Verdict(False, extracted, "empty_truth")
-  if _squash(answer) == _squash(gold):
+  several = answer_normal.lists_several(gold) or answer_normal.has_alternatives(gold)
+  distinct = list({_key(a): a for a in (*found.answers, *found.others)}.values())
+  if len(distinct) > 1 and not several:
+    return Verdict(False, extracted, "hedged")
+  # Several answers for a truth that lists several ("\\boxed{3} and \\boxed{5}" for "3, 5") form one list.
+  answer = ", ".join(answer_normal.canonical(a) for a in distinct) if several else answer_normal.canonical(extracted)
+  if answer_normal.has_alternatives(answer) and not several:
+    return Verdict(False, extracted, "hedged")
+  a_str, g_str = answer_normal.squashed(answer), answer_normal.squashed(gold)
+  if a_str == g_str:
     return Verdict(True, extracted, "exact")
-  a, g = _as_number(_squash(answer)), _as_number(_squash(gold))
-  if a is not None and g is not None:
-    if a == g:
+  a_num, g_num = answer_normal.as_number(a_str), answer_normal.as_number(g_str)
+  if a_num is not None and g_num is not None:
+    if a_num == g_num:
       return Verdict(True, extracted, "numeric")
     # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
-    if a.denominator == 1 and g.denominator == 1:
+    if a_num.denominator == 1 and g_num.denominator == 1:
       return Verdict(False, extracted, "mismatch")
   if not cfg.math_verify:
     return Verdict(False, extracted, "mismatch")
   if len(answer) > cfg.max_answer_chars:
     return Verdict(False, extracted, "too_long")
+  if _too_complex(answer) or _too_complex(gold):
+    return Verdict(False, extracted, "too_complex")
   return extracted, answer, gold
 
 
 def math_verify_equal(answer: str, truth: str) -> bool:
-  """math-verify equivalence of two bare LaTeX answers, with its signal-based timeouts off."""
+  """math-verify equivalence of two bare LaTeX answers, with its signal-based timeouts off.
+
+  Both go in as `\\boxed{...}`: its LaTeX extraction reads boxes best (`$\\frac{25}{2}\\%$` parses
+  to nothing, `\\boxed{\\frac{25}{2}\\%}` to 25/200), and a box is taken whole, where its fallback
+  extraction would pick a number out of an answer like "5 or 6".
+  """
   import math_verify
 
-  gold = math_verify.parse(f"${truth}$", parsing_timeout=None)
-  pred = math_verify.parse(f"${answer}$", parsing_timeout=None)
-  return bool(gold) and bool(pred) and bool(math_verify.verify(gold, pred, timeout_seconds=None))
+  config = [math_verify.LatexExtractionConfig(boxed_match_priority=0)]
+  gold = math_verify.parse(f"\\boxed{{{truth}}}", extraction_config=config, fallback_mode="no_fallback",
+                           parsing_timeout=None)
+  pred = math_verify.parse(f"\\boxed{{{answer}}}", extraction_config=config, fallback_mode="no_fallback",
+                           parsing_timeout=None)
+  # allow_set_relation_comp: "0 \\le x < 1" is the interval [0, 1), as MATH graders take it.
+  return bool(gold) and bool(pred) and bool(math_verify.verify(gold, pred, timeout_seconds=None,
+                                                               allow_set_relation_comp=True))
 
 
 def _compare_one(compare: Compare, answer: str, gold: str) -> tuple[bool, str]:
@@ -173,9 +143,11 @@ def _compare_one(compare: Compare, answer: str, gold: str) -> tuple[bool, str]:
 
 
 def grade(response: str, truth: str, cfg: VerifierConfig = VerifierConfig(),
-          compare: Compare | None = None) -> Verdict:
-  """Grade one response in this process, without a time bound (tests, debugging)."""
-  pre = _prejudge(response, truth, cfg)
+          compare: Compare | None = None, finished: bool = True) -> Verdict:
+  """Grade one response in this process, without a time bound (tests, debugging).
+
+  finished: False when the response was cut off (no stop token): never correct."""
+  pre = _prejudge(response, truth, cfg, finished)
   if isinstance(pre, Verdict):
     return pre
   extracted, answer, gold = pre
@@ -246,14 +218,16 @@ class Grader:
       w.kill()
     self._workers.clear()
 
-  def grade_many(self, responses: Sequence[str], truths: Sequence[str]) -> list[Verdict]:
-    """Verdicts in input order."""
-    if len(responses) != len(truths):
-      raise ValueError(f"{len(responses)} responses but {len(truths)} truths")
+  def grade_many(self, responses: Sequence[str], truths: Sequence[str],
+                 finished: Sequence[bool] | None = None) -> list[Verdict]:
+    """Verdicts in input order. finished: per response, False if it was cut off (see grade)."""
+    finished = [True] * len(responses) if finished is None else finished
+    if not len(responses) == len(truths) == len(finished):
+      raise ValueError(f"{len(responses)} responses, {len(truths)} truths, {len(finished)} finished flags")
     results: list[Verdict | None] = [None] * len(responses)
     jobs: dict[int, tuple[str, str, str]] = {}
-    for i, (response, truth) in enumerate(zip(responses, truths)):
-      pre = _prejudge(response, truth, self.cfg)
+    for i, (response, truth, done) in enumerate(zip(responses, truths, finished)):
+      pre = _prejudge(response, truth, self.cfg, done)
       if isinstance(pre, Verdict):
         results[i] = pre
       else:

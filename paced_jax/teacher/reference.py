@@ -52,7 +52,7 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
     rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in chunk],
                                 progress="references")
     texts = [tok.decode(r[0].tokens, skip_special_tokens=True) for r in rollouts]
-    verdicts = grader.grade_many(texts, [p.answer for p in chunk])
+    verdicts = grader.grade_many(texts, [p.answer for p in chunk], [r[0].finished for r in rollouts])
     return [{"id": p.id, "response_ids": r[0].tokens.tolist(), "text": t, "finished": r[0].finished,
              "verified": v.correct} for p, r, t, v in zip(chunk, rollouts, texts, verdicts)]
 
