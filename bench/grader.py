@@ -82,7 +82,9 @@ def summarize(name: str, cases: list[dict], verdicts: list[bool], times: list[fl
   print(f"\n## {name}")
   print(f"agreement {agree}/{n} = {100 * agree / n:.1f}%   false positives {len(fp)}   false negatives {len(fn)}")
   print("false positives on " + ", ".join(f"{f}: {sum(c['family'] == f for c in fp)}" for f in FP_FAMILIES))
-  print(f"time per item: mean {1e3 * sum(times) / n:.1f} ms, max {1e3 * max(times):.0f} ms")
+  slowest = max(range(n), key=times.__getitem__)
+  print(f"time per item: mean {1e3 * sum(times) / n:.1f} ms, max {1e3 * times[slowest]:.0f} ms "
+        f"([{cases[slowest]['family']}] {cases[slowest]['note']})")
   fams = collections.defaultdict(lambda: [0, 0])
   for v, c in zip(verdicts, cases):
     fams[c["family"]][0] += v == c["label"]

@@ -88,6 +88,10 @@ GRADING = [
   ("Answer: 5 or 6", "5", False, "hedged"),
   ("\\boxed{6}\nAnswer: 7", "6", False, "hedged"),
   ("The answer is 6.\nNo wait, the answer is 7.", "7", False, "hedged"),
+  ("The answer is 4. Hmm, or maybe the answer is 5.", "4", False, "hedged"),
+  ("\\boxed{2\\sqrt{2}} or \\boxed{3}", "2\\sqrt{2}", False, "hedged"),
+  ("Let me check if the answer is 6: no.\n\\boxed{7}", "7", True, "exact"),  # a trial value, not a statement
+  ("Answer: $2\\sqrt{2}$\n\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True, "equivalent"),  # one answer, two forms
   ("\\boxed{6} so \\boxed{6}", "6", True, "exact"),
   ("\\boxed{0.5}, i.e. \\boxed{\\frac12}", "1/2", True, "numeric"),
   ("\\boxed{6}\nAnswer: 6", "6", True, "exact"),
@@ -108,6 +112,9 @@ GRADING = [
   ("\\boxed{1,000,000}", "1000000", True, "exact"),
   ("\\boxed{\\text{Monday}}", "\\text{Monday}", True, "exact"),
   ("\\boxed{9^{9^{9^{9}}}}", "1", False, "too_complex"),
+  ("\\boxed{9^{9^{9^{9}}}}", "9^{9^{9^{9}}}", True, "exact"),
+  ("\\boxed{10^{100000}}", "1", False, "too_complex"),
+  ("\\boxed{2^{2^{2}}}", "16", True, "equivalent"),  # small towers still reach math-verify
   ("\\fbox{7}", "\\boxed{7}", True, "exact"),
   ("\\boxed{7}", "  ", False, "empty_truth"),
 ]

@@ -21,6 +21,10 @@ _NUM = r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?"
 # "the answer is 12." / "the final answer is $\\frac{1}{2}$": a number or one inline formula.
 _ANSWER_IS_RE = re.compile(r"\banswer\s+(?:is|=)\s*:?\s*(?:\*\*)?(?:\$([^$\n]{1,300})\$|(" + _NUM + r")(?![\d.,]\d))",
                            re.IGNORECASE)
+# "if the answer is 6" / "suppose the answer is 6" try a value; "or maybe the answer is 6" states one.
+_TRIAL_RE = re.compile(r"\b(?:if|whether|suppose|supposing|assume|assuming|check|checking|verify|test|testing|"
+                       r"unless|when|whenever)\b[^.!?\n]*$", re.IGNORECASE)
+_LEAD_WINDOW = 60
 _UNIT = r"(?:\s*(?:\\?%|[A-Za-z]+(?:\s+[A-Za-z]+)?))?"
 _FINAL_SENTENCE_RES = (
     re.compile(r"^\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$"),
@@ -90,7 +94,8 @@ def _answer_lines(text: str) -> list[str]:
   for m in _ANSWER_LINE_RE.finditer(text):
     end = text.find("\n", m.end())
     found.append((m.start(), text[m.end():end if end >= 0 else len(text)].strip(" \t\r*")))
-  found += [(m.start(), m.group(1) or m.group(2)) for m in _ANSWER_IS_RE.finditer(text)]
+  found += [(m.start(), m.group(1) or m.group(2)) for m in _ANSWER_IS_RE.finditer(text)
+            if not _TRIAL_RE.search(text, max(0, m.start() - _LEAD_WINDOW), m.start())]
   return [a for _, a in sorted(found)]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -52,11 +53,30 @@ class Verdict:
 
 
 _MAX_DEPTH = 12
-# 9^9^9, 9^{9^{9}}, 2^{123456}, 100000!: sympy would evaluate them for minutes or exhaust memory.
-_HUGE_RE = re.compile(r"\^\s*\(?\s*\d+\s*\)?\s*\^|\^\s*\{[^{}]{0,200}\^|\^\s*\{?\s*\d{5,}|\d{4,}\s*!|\d{301}")
+_MAX_DIGITS = 10_000
+# sympy evaluates integer powers and factorials eagerly: 9^{9^{9}} would run for hours.
+_POWER_RE = re.compile(r"\d+(?:[\s{}()]*\^[\s{}()]*\d+)+")
+_HUGE_RE = re.compile(r"\d{5,}\s*!|\d{301}|\^[\s{}()]*\^")  # 100000!, 301 digits, 9^^9 / 9^{^9}
+
+
+def _power_digits(tower: str) -> float:
+  """About how many digits a^(b^(c...)) of literal integers has (inf when that is astronomical)."""
+  numbers = re.findall(r"\d+", tower)
+  if len(numbers) > 8 or any(len(x) > 300 for x in numbers):
+    return math.inf
+  *bases, exponent = [int(x) for x in numbers]
+  for base in reversed(bases):
+    if base < 2 or exponent == 0:
+      exponent = 1 if exponent == 0 or base == 1 else base
+      continue
+    if exponent * math.log10(base) > _MAX_DIGITS:
+      return math.inf
+    exponent = base ** exponent
+  return math.log10(exponent) if exponent else 0.0
 
 
 def _too_complex(s: str) -> bool:
+  """Whether `s` may take sympy minutes: deep nesting, huge integers, powers or factorials."""
   depth = deepest = 0
   for ch in s:
     if ch == "{":
@@ -64,19 +84,43 @@ def _too_complex(s: str) -> bool:
       deepest = max(deepest, depth)
     elif ch == "}":
       depth -= 1
-  return deepest > _MAX_DEPTH or _HUGE_RE.search(s) is not None
+  if deepest > _MAX_DEPTH or _HUGE_RE.search(s):
+    return True
+  return any(_power_digits(m.group()) > _MAX_DIGITS for m in _POWER_RE.finditer(s))
 
 
 def _key(answer: str) -> object:
-  """Two final answers are the same answer when their MATH keys are equal."""
+  """Two final answers are one when their MATH keys are equal (then math-verify is not asked)."""
   squashed = answer_normal.squashed(answer)
   number = answer_normal.as_number(squashed)
   return squashed if number is None else number
 
 
-def _prejudge(response: str, truth: str, cfg: VerifierConfig,
-              finished: bool = True) -> Verdict | tuple[str, str, str]:
-  """A final Verdict when no math-verify is needed, else (extracted, answer, gold) for it."""
+def _fast(answer: str, gold: str) -> str | None:
+  """"exact" / "numeric" / "mismatch" when the string/number fast path decides, else None."""
+  a_str, g_str = answer_normal.squashed(answer), answer_normal.squashed(gold)
+  if a_str == g_str:
+    return "exact"
+  a_num, g_num = answer_normal.as_number(a_str), answer_normal.as_number(g_str)
+  if a_num is None or g_num is None:
+    return None
+  if a_num == g_num:
+    return "numeric"
+  # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
+  return "mismatch" if a_num.denominator == 1 and g_num.denominator == 1 else None
+
+
+# What math-verify is asked: (extracted, answers that must all equal gold, gold, several finals?).
+_Job = tuple[str, tuple[str, ...], str, bool]
+
+
+def _prejudge(response: str, truth: str, cfg: VerifierConfig, finished: bool = True) -> Verdict | _Job:
+  """A final Verdict when no math-verify is needed, else the job for it.
+
+  Every distinct final answer must equal the truth: "\\sqrt{8}" then "2\\sqrt{2}" is one answer,
+  "5" then "6" a hedge (wrong, whichever matches). A truth that lists several answers ("3, 5")
+  takes them as one list ("\\boxed{3} and \\boxed{5}").
+  """
   found = answer_extraction.extract(response, cfg)
   extracted = found.answers[-1] if found.answers else None
   if found.truncated or not finished:
@@ -89,30 +133,25 @@ def _prejudge(response: str, truth: str, cfg: VerifierConfig,
   if not gold:
     return Verdict(False, extracted, "empty_truth")
   several = answer_normal.lists_several(gold) or answer_normal.has_alternatives(gold)
-  distinct = list({_key(a): a for a in (*found.answers, *found.others)}.values())
-  if len(distinct) > 1 and not several:
+  distinct = [answer_normal.canonical(a) for a in {_key(a): a for a in (*found.answers, *found.others)}.values()]
+  candidates = [", ".join(distinct)] if several else distinct
+  hedge = len(candidates) > 1
+  if not several and any(answer_normal.has_alternatives(c) for c in candidates):
     return Verdict(False, extracted, "hedged")
-  # Several answers for a truth that lists several ("\\boxed{3} and \\boxed{5}" for "3, 5") form one list.
-  answer = ", ".join(answer_normal.canonical(a) for a in distinct) if several else answer_normal.canonical(extracted)
-  if answer_normal.has_alternatives(answer) and not several:
-    return Verdict(False, extracted, "hedged")
-  a_str, g_str = answer_normal.squashed(answer), answer_normal.squashed(gold)
-  if a_str == g_str:
-    return Verdict(True, extracted, "exact")
-  a_num, g_num = answer_normal.as_number(a_str), answer_normal.as_number(g_str)
-  if a_num is not None and g_num is not None:
-    if a_num == g_num:
-      return Verdict(True, extracted, "numeric")
-    # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
-    if a_num.denominator == 1 and g_num.denominator == 1:
-      return Verdict(False, extracted, "mismatch")
+  fail = "hedged" if hedge else "mismatch"
+  decided = [(c, _fast(c, gold)) for c in candidates]
+  if any(reason == "mismatch" for _, reason in decided):
+    return Verdict(False, extracted, fail)
+  undecided = tuple(c for c, reason in decided if reason is None)
+  if not undecided:
+    return Verdict(True, extracted, decided[-1][1])
   if not cfg.math_verify:
-    return Verdict(False, extracted, "mismatch")
-  if len(answer) > cfg.max_answer_chars:
+    return Verdict(False, extracted, fail)
+  if any(len(c) > cfg.max_answer_chars for c in undecided):
     return Verdict(False, extracted, "too_long")
-  if _too_complex(answer) or _too_complex(gold):
+  if _too_complex(gold) or any(_too_complex(c) for c in undecided):
     return Verdict(False, extracted, "too_complex")
-  return extracted, answer, gold
+  return extracted, undecided, gold, hedge
 
 
 def math_verify_equal(answer: str, truth: str) -> bool:
@@ -134,12 +173,15 @@ def math_verify_equal(answer: str, truth: str) -> bool:
                                                                allow_set_relation_comp=True))
 
 
-def _compare_one(compare: Compare, answer: str, gold: str) -> tuple[bool, str]:
-  try:
-    ok = bool(compare(answer, gold))
-  except Exception as e:  # a grading bug must cost one item, not the run
-    return False, f"error: {type(e).__name__}: {e}"[:300]
-  return ok, "equivalent" if ok else "mismatch"
+def _compare_all(compare: Compare, answers: tuple[str, ...], gold: str, hedge: bool) -> tuple[bool, str]:
+  for answer in answers:
+    try:
+      ok = bool(compare(answer, gold))
+    except Exception as e:  # a grading bug must cost one item, not the run
+      return False, f"error: {type(e).__name__}: {e}"[:300]
+    if not ok:
+      return False, "hedged" if hedge else "mismatch"
+  return True, "equivalent"
 
 
 def grade(response: str, truth: str, cfg: VerifierConfig = VerifierConfig(),
@@ -150,8 +192,8 @@ def grade(response: str, truth: str, cfg: VerifierConfig = VerifierConfig(),
   pre = _prejudge(response, truth, cfg, finished)
   if isinstance(pre, Verdict):
     return pre
-  extracted, answer, gold = pre
-  ok, reason = _compare_one(compare or math_verify_equal, answer, gold)
+  extracted, *job = pre
+  ok, reason = _compare_all(compare or math_verify_equal, *job)
   return Verdict(ok, extracted, reason)
 
 
@@ -169,8 +211,8 @@ def _worker_main(conn: mpc.Connection, compare: Compare | None) -> None:
       return
     if job is None:
       return
-    index, answer, gold = job
-    conn.send((index, *_compare_one(compare, answer, gold)))
+    index, *args = job
+    conn.send((index, *_compare_all(compare, *args)))
 
 
 class _Worker:
@@ -225,7 +267,7 @@ class Grader:
     if not len(responses) == len(truths) == len(finished):
       raise ValueError(f"{len(responses)} responses, {len(truths)} truths, {len(finished)} finished flags")
     results: list[Verdict | None] = [None] * len(responses)
-    jobs: dict[int, tuple[str, str, str]] = {}
+    jobs: dict[int, _Job] = {}
     for i, (response, truth, done) in enumerate(zip(responses, truths, finished)):
       pre = _prejudge(response, truth, self.cfg, done)
       if isinstance(pre, Verdict):
@@ -240,7 +282,7 @@ class Grader:
         raise
     return results  # type: ignore[return-value]
 
-  def _run(self, jobs: dict[int, tuple[str, str, str]], results: list[Verdict | None]) -> None:
+  def _run(self, jobs: dict[int, _Job], results: list[Verdict | None]) -> None:
     for w in [w for w in self._workers if not w.proc.is_alive()]:
       self._replace(w)  # died while idle between calls: not the fault of any item
     while len(self._workers) < min(self._max_workers, len(jobs)):
@@ -268,7 +310,7 @@ class Grader:
         elif not w.ready and now >= w.started + _STARTUP_TIMEOUT_S:
           self._replace(w)
 
-  def _receive(self, w: _Worker, jobs: dict[int, tuple[str, str, str]], results: list[Verdict | None]) -> None:
+  def _receive(self, w: _Worker, jobs: dict[int, _Job], results: list[Verdict | None]) -> None:
     try:
       msg = w.conn.recv()
     except (EOFError, OSError):

@@ -321,6 +321,30 @@ for r, t, label, n in [
 ]:
   add("adversarial", r, t, label, n)
 
+# --- added on review of the first grader version (realistic phrasings it could mishandle), labelled
+# before running any grader on them
+for family, r, t, label, n in [
+    ("long_cot", "Let me check if the answer is 6: $6 \\cdot 3 = 18 \\ne 21$. Try 7: $7 \\cdot 3 = 21$.\n\\boxed{7}",
+     "7", T, "'if the answer is 6' is a trial, not a statement"),
+    ("long_cot", "Suppose the answer is 10. Then the perimeter is 40, not 48. So the answer is 12.", "12", T,
+     "supposition then answer"),
+    ("no_answer", "I wonder whether the answer is 3 or something larger; more work is needed.", "3", F,
+     "wonders, never states"),
+    ("multiple_boxes", "Answer: $2\\sqrt{2}$\n\n\\boxed{\\sqrt{8}}", "2\\sqrt{2}", T, "same answer, two forms"),
+    ("hedge", "\\boxed{2\\sqrt{2}} or maybe \\boxed{3}", "2\\sqrt{2}", F, "radical or integer"),
+    ("hedge", "The answer is 4. Hmm, no: the answer is 5.", "4", F, "first answer right, then changed"),
+    ("answer_line", "So the final answer is 5.", "5", T, "final answer sentence"),
+    ("answer_line", "The answer is $x=5$.", "5", T, "assignment in answer sentence"),
+    ("percent_units", "\\boxed{20\\text{ dollars}}", "20", T, "text unit"),
+    ("percent_units", "\\boxed{12 \\mbox{ cm}}", "12", T, "mbox unit"),
+    ("fraction_radical_pi", "\\boxed{\\frac{3}{6}}", "\\frac12", T, "unreduced half"),
+    ("adversarial", "\\boxed{2^{2^{2}}}", "16", T, "small tower"),
+    ("adversarial", "\\boxed{3^{3^{3}}}", "7625597484987", T, "3^27"),
+    ("adversarial", "\\boxed{10^{10^{10}}}", "10^{10^{10}}", T, "huge tower, identical"),
+    ("adversarial", "\\boxed{2^{10^{100}}}", "2", F, "astronomical power vs 2"),
+]:
+  add(family, r, t, label, n)
+
 if __name__ == "__main__":
   out = pathlib.Path(__file__).with_name("grading_cases.jsonl")
   out.write_text("".join(json.dumps(c) + "\n" for c in CASES))
