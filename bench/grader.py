@@ -32,7 +32,7 @@ def load_cases(path: pathlib.Path = CASES) -> list[dict]:
 def run_grader(cases: list[dict], cfg: VerifierConfig) -> tuple[list[bool], list[float]]:
   verdicts, times = [], []
   with Grader(cfg) as grader:
-    grader.grade_many(["\\boxed{1/2}"], ["0.5"])  # start the workers outside the timed items
+    grader.grade_many(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])  # start a math-verify worker before timing
     for c in cases:
       t0 = time.perf_counter()
       [v] = grader.grade_many([c["response"]], [c["truth"]], [c.get("finished", True)])
