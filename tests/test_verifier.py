@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import pathlib
@@ -89,6 +90,8 @@ GRADING = [
   ("\\boxed{6}\nAnswer: 7", "6", False, "hedged"),
   ("The answer is 6.\nNo wait, the answer is 7.", "7", False, "hedged"),
   ("The answer is 4. Hmm, or maybe the answer is 5.", "4", False, "hedged"),
+  ("The answer is 4 or 5.", "4", False, "hedged"),
+  ("The final answer is $4$ or $5$.", "4", False, "hedged"),
   ("\\boxed{2\\sqrt{2}} or \\boxed{3}", "2\\sqrt{2}", False, "hedged"),
   ("Let me check if the answer is 6: no.\n\\boxed{7}", "7", True, "exact"),  # a trial value, not a statement
   ("Answer: $2\\sqrt{2}$\n\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True, "equivalent"),  # one answer, two forms
@@ -194,6 +197,24 @@ def test_extraction_is_linear_on_pathological_text():
     extract_answer("\\boxed{" + "\\" * 100_000, cfg)
     extract_answer("1," * 50_000, cfg)
   assert time.monotonic() - t0 < 10  # quadratic behaviour would take minutes
+
+
+def _never(answer: str, truth: str) -> bool:
+  return False
+
+
+def test_grading_is_linear_on_pathological_answers():
+  # Each of these once took (or would take) minutes in the calling process, outside any time bound.
+  cfg = VerifierConfig(max_answer_chars=10**7)
+  texts = ["\\boxed{5" + " " * 100_000 + "\\text{cm}x}", "\\boxed{" + "1" * 100_000 + " x!}",
+           "\\boxed{" + "1" * 100_000 + "^2}", "\\boxed{1" + "{" * 50_000 + "}" * 50_000 + "}",
+           "".join(f"\\boxed{{{i}}}" for i in range(20_000)), "\\boxed{" + " or" * 50_000 + "}",
+           "the answer is 5 " * 10_000, "Answer: " + "$" * 100_000]
+  t0 = time.monotonic()
+  for cfg_ in (cfg, dataclasses.replace(cfg, extract=STRATEGIES)):
+    for text in texts:
+      assert not grade(text, "1", cfg_, compare=_never).correct
+  assert time.monotonic() - t0 < 20  # quadratic behaviour would take minutes
 
 
 def test_long_answer_is_cut_short_by_default():

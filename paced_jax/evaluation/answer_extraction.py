@@ -25,6 +25,7 @@ _ANSWER_IS_RE = re.compile(r"\banswer\s+(?:is|=)\s*:?\s*(?:\*\*)?(?:\$([^$\n]{1,
 _TRIAL_RE = re.compile(r"\b(?:if|whether|suppose|supposing|assume|assuming|check|checking|verify|test|testing|"
                        r"unless|when|whenever)\b[^.!?\n]*$", re.IGNORECASE)
 _LEAD_WINDOW = 60
+_OR_NEXT_RE = re.compile(r"[\s,$]{0,4}(?:or|either)\b", re.IGNORECASE)
 _UNIT = r"(?:\s*(?:\\?%|[A-Za-z]+(?:\s+[A-Za-z]+)?))?"
 _FINAL_SENTENCE_RES = (
     re.compile(r"^\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$"),
@@ -94,8 +95,10 @@ def _answer_lines(text: str) -> list[str]:
   for m in _ANSWER_LINE_RE.finditer(text):
     end = text.find("\n", m.end())
     found.append((m.start(), text[m.end():end if end >= 0 else len(text)].strip(" \t\r*")))
-  found += [(m.start(), m.group(1) or m.group(2)) for m in _ANSWER_IS_RE.finditer(text)
-            if not _TRIAL_RE.search(text, max(0, m.start() - _LEAD_WINDOW), m.start())]
+  for m in _ANSWER_IS_RE.finditer(text):
+    if not _TRIAL_RE.search(text, max(0, m.start() - _LEAD_WINDOW), m.start()):
+      alternative = _OR_NEXT_RE.match(text, m.end())  # "the answer is 4 or 5": keep the "or" (a hedge)
+      found.append((m.start(), (m.group(1) or m.group(2)) + (" or" if alternative else "")))
   return [a for _, a in sorted(found)]
 
 

@@ -18,11 +18,12 @@ _DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^{\
          "\\circ", "\\$", "\\%", "%", "$")
 _SAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("{,}", ","), ("\\le ", "\\leq "), ("\\ge ", "\\geq "),
          ("\\mbox{", "\\text{"), ("\\textbf{", "\\text{"), ("\\mathrm{", "\\text{"))
-_TRAILING_TEXT_RE = re.compile(r"\s*\\text\{\s*[A-Za-z][A-Za-z .^0-9]{0,30}\}(?:\^\{?\d\}?)?\s*$")
+# No leading \s*: a pattern that starts with a repeat is quadratic on long runs of spaces.
+_TRAILING_TEXT_RE = re.compile(r"\\text\{\s*[A-Za-z][A-Za-z .^0-9]{0,30}\}(?:\^\{?\d\}?)?$")
 _ONLY_TEXT_RE = re.compile(r"\\text\{([^{}]{0,200})\}")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 # "12 cm", "30 square units": a number and plain words (not `\\pi`, not one-letter variables).
-_NUMBER_WORDS_RE = re.compile(r"([+-]?\d[\d.,/]*)\s+(?!pi\b)[A-Za-z]{2,15}(?:\s+[A-Za-z]{2,15})?")
+_NUMBER_WORDS_RE = re.compile(r"([+-]?\d[\d.,/]*)\s+(?!pi\b|or\b|either\b)[A-Za-z]{2,15}(?:\s+[A-Za-z]{2,15})?")
 _SHORT_LHS_RE = re.compile(r"^[A-Za-z](?:_\{?\w\}?)?\s*=\s*(?=\S)")
 _FRAC_SHORT_RE = re.compile(r"\\frac(\d)(\d)")
 _FRAC_HALF_RE = re.compile(r"\\frac\{([^{}]{1,50})\}(\d)|\\frac(\d)\{")
@@ -40,8 +41,8 @@ def canonical(s: str) -> str:
   for junk in _DROP:
     s = s.replace(junk, "")
   s = s.strip().rstrip(".").strip()
-  stripped = _TRAILING_TEXT_RE.sub("", s)
-  s = stripped if stripped.strip() else s  # "5 \\text{ cm}" -> "5", but "\\text{cm}" alone stays
+  stripped = _TRAILING_TEXT_RE.sub("", s).rstrip()
+  s = stripped if stripped else s  # "5 \\text{ cm}" -> "5", but "\\text{cm}" alone stays
   only = _ONLY_TEXT_RE.fullmatch(s.strip())
   if only:
     s = only.group(1)

@@ -52,11 +52,12 @@ class Verdict:
   reason: str
 
 
+_MAX_FINALS = 64  # more differently written final answers than this is a hedge without looking closer
 _MAX_DEPTH = 12
 _MAX_DIGITS = 10_000
 # sympy evaluates integer powers and factorials eagerly: 9^{9^{9}} would run for hours.
-_POWER_RE = re.compile(r"\d+(?:[\s{}()]*\^[\s{}()]*\d+)+")
-_HUGE_RE = re.compile(r"\d{5,}\s*!|\d{301}|\^[\s{}()]*\^")  # 100000!, 301 digits, 9^^9 / 9^{^9}
+_POWER_RE = re.compile(r"(?<!\d)\d+(?:[\s{}()]*\^[\s{}()]*\d+)+")
+_HUGE_RE = re.compile(r"(?<!\d)\d{5,}\s*!|\d{301}|\^[\s{}()]*\^")  # 100000!, 301 digits, 9^^9 / 9^{^9}
 
 
 def _power_digits(tower: str) -> float:
@@ -133,10 +134,13 @@ def _prejudge(response: str, truth: str, cfg: VerifierConfig, finished: bool = T
   if not gold:
     return Verdict(False, extracted, "empty_truth")
   several = answer_normal.lists_several(gold) or answer_normal.has_alternatives(gold)
-  distinct = [answer_normal.canonical(a) for a in {_key(a): a for a in (*found.answers, *found.others)}.values()]
+  stated = dict.fromkeys((*found.answers, *found.others))  # in order, repeats dropped
+  if len(stated) > _MAX_FINALS and not several:
+    return Verdict(False, extracted, "hedged")
+  distinct = [answer_normal.canonical(a) for a in {_key(a): a for a in stated}.values()]
   candidates = [", ".join(distinct)] if several else distinct
   hedge = len(candidates) > 1
-  if not several and any(answer_normal.has_alternatives(c) for c in candidates):
+  if not several and any(answer_normal.has_alternatives(a) for a in stated):
     return Verdict(False, extracted, "hedged")
   fail = "hedged" if hedge else "mismatch"
   decided = [(c, _fast(c, gold)) for c in candidates]
