@@ -45,6 +45,9 @@ EXTRACTION = [
   ("I multiplied 3 by 4 and got 12, then I need to", None, None),
   ("The total is 12. Now I add the tax of 3 dollars and", None, None),
   ("3 apples and 4 pears: 7", None, None),
+  ("Solving, x = 3y.", None, None),
+  ("The total = 12 or so.", None, None),
+  ("So the probability is 50%.", None, "50"),
   ("no digits here", None, None),
 ]
 

@@ -3,7 +3,8 @@
 A strategy (config.STRATEGIES) yields the answers the response declares: "boxed" every closed
 `\\boxed{}` / `\\fbox{}`; "answer_line" every "Answer:" line and "the (final) answer is ..."
 statement; "last_number" the number of a final sentence that is an answer statement ("= 12",
-"the total is 12", "12" alone), never a number that merely occurs in prose. Every pattern has a
+"the total is 12", "So the probability is 50%", "12" alone), never a number that merely occurs
+in prose. Every pattern has a
 literal anchor or bounded quantifiers, so extraction is linear in the text.
 """
 
@@ -23,15 +24,18 @@ _ANSWER_IS_RE = re.compile(r"\banswer\s+(?:is|=)\s*:?\s*(?:\*\*)?(?:\$([^$\n]{1,
                            re.IGNORECASE)
 # "if the answer is 6" / "suppose the answer is 6" try a value; "or maybe the answer is 6" states one.
 _TRIAL_RE = re.compile(r"\b(?:if|whether|suppose|supposing|assume|assuming|check|checking|verify|test|testing|"
-                       r"unless|when|whenever)\b[^.!?\n]*$", re.IGNORECASE)
+                       r"unless)\b[^.!?\n]*$", re.IGNORECASE)
 _LEAD_WINDOW = 60
 _OR_NEXT_RE = re.compile(r"[\s,$]{0,4}(?:or|either)\b", re.IGNORECASE)
-_UNIT = r"(?:\s*(?:\\?%|[A-Za-z]+(?:\s+[A-Za-z]+)?))?"
+# "12 apples", "50%"; not "3y" (a term) nor "12 or so" (an estimate).
+_UNIT = r"(?:\s*\\?%|\s+(?!or\b)[A-Za-z]+(?:\s+[A-Za-z]+)?)?"
 _FINAL_SENTENCE_RES = (
     re.compile(r"^\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$"),
     re.compile(r"=\s*\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$"),
     re.compile(r"\b(?:answer|result|total|sum|product|difference|quotient|value)\b[^=\n]{0,80}?"
                r"\b(?:is|equals|are)\s*:?\s*\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$", re.IGNORECASE),
+    re.compile(r"^(?:so|thus|therefore|hence|finally)\b[^=\n]{0,120}?\b(?:is|equals|are|gives|get|makes)\s*:?\s*"
+               r"\\?\$?\s*(" + _NUM + r")" + _UNIT + r"$", re.IGNORECASE),
 )
 _SENTENCE_END_RE = re.compile(r"[.!?](?:\s|\*)")
 _MAX_FINAL_SENTENCE = 500
