@@ -70,7 +70,7 @@ def _power_digits(tower: str) -> float:
     if base < 2 or exponent == 0:
       exponent = 1 if exponent == 0 or base == 1 else base
       continue
-    if exponent * math.log10(base) > _MAX_DIGITS:
+    if exponent > _MAX_DIGITS * 4 or exponent * math.log10(base) > _MAX_DIGITS:  # ints past 1e308 have no float
       return math.inf
     exponent = base ** exponent
   return math.log10(exponent) if exponent else 0.0
