@@ -274,6 +274,14 @@ def test_hung_and_crashed_workers_are_replaced(start_method):
 def test_length_mismatch_is_rejected(pool):
   with pytest.raises(ValueError):
     pool.grade_many(["\\boxed{1}"], [])
+  with pytest.raises(ValueError):
+    pool.grade_many(["\\boxed{1}"], ["1"], [True, False])
+
+
+def test_unfinished_rollouts_are_wrong(pool):
+  # The stages pass Rollout.finished: a rollout cut at max_new_tokens earns nothing.
+  verdicts = pool.grade_many(["\\boxed{\\sqrt{8}}"] * 2, ["2\\sqrt{2}"] * 2, [True, False])
+  assert verdicts == [Verdict(True, "\\sqrt{8}", "equivalent"), Verdict(False, "\\sqrt{8}", "truncated")]
 
 
 LABELLED = pathlib.Path(__file__).parent / "data" / "grading_cases.jsonl"  # tests/data/build_grading_cases.py
