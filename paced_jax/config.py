@@ -83,11 +83,12 @@ class SamplingConfig:
 class VerifierConfig:
   """How final answers are extracted and how long one item may take to grade.
 
-  extract: strategies tried in order, the first that yields an answer wins. The default leaves
-    out "last_number", which would credit any response whose last number happens to match the
-    truth (e.g. a truncated derivation); turn it on for students that answer with a bare number.
-    If the last \\boxed{ never closes (truncated output) there is no answer at all: later
-    strategies are not consulted, so a cut-off box never earns credit through a fallback.
+  extract: strategies tried in order, the first that yields an answer wins (answer_extraction.py):
+    "boxed" every \\boxed{}, "answer_line" every "Answer:" line and "the answer is ..." sentence,
+    "last_number" the number of a final sentence that states it ("= 12", "the total is 12", "12");
+    turn that on for students that answer with a bare number. Different final answers (from any
+    enabled strategy but last_number) are a hedge, graded wrong. A \\boxed{ that never closes
+    or a half-written answer (truncated output) is no answer, whatever the other strategies find.
   timeout_s: wall-clock bound per item in Grader, from dispatch to a worker until its verdict.
   workers: Grader processes (0: min(4, cpu count)); started on demand, never more than items.
   max_answer_chars: longer extracted answers are judged wrong without math-verify.

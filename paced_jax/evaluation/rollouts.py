@@ -52,6 +52,8 @@ def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], pr
   tok = model.tokenizer
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
   R = sampling.num_samples
-  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(R)])
+  # A response cut at max_new_tokens never counts as correct, whatever it boxed before the cut.
+  flat = grader.grade_many([t for per in texts for t in per], [p.answer for p in problems for _ in range(R)],
+                           [bool(r.finished) for per in rollouts for r in per])
   return [Graded([r.tokens for r in per], texts[i], [bool(r.finished) for r in per], flat[i * R:(i + 1) * R])
           for i, per in enumerate(rollouts)]

@@ -1,17 +1,20 @@
-"""Answer verifier: final-answer extraction, then math-verify grading under a wall-clock bound.
+"""Answer verifier: final answers (answer_extraction), MATH normalisation (answer_normal), then
+math-verify under a wall-clock bound.
 
-Extraction and a string/number fast path run in the calling process, in linear time. The rest
-goes to math-verify in spawned worker processes: its own timeouts use signal.alarm (main thread
-only, so they are switched off here), and a sympy call stuck in C can only be stopped by killing
-the process that runs it. Never fork: the parent usually has JAX initialised.
+A response is correct when it finished, states its final answer once (repeats of the same answer
+are fine) and that answer equals the truth. Extraction and a string/number fast path run in the
+calling process, in linear time. The rest goes to math-verify in spawned worker processes: its
+own timeouts use signal.alarm (main thread only, so they are switched off here), and a sympy call
+stuck in C can only be stopped by killing the process that runs it. Never fork: the parent usually
+has JAX initialised. Forms sympy would evaluate for minutes (towers of powers) never reach it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import fractions
 import logging
+import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -20,6 +23,11 @@ import time
 from typing import Callable, Sequence
 
 from paced_jax.config import STRATEGIES, VerifierConfig
+from paced_jax.evaluation import answer_extraction, answer_normal
+from paced_jax.evaluation.answer_extraction import extract_answer
+
+__all__ = ["STRATEGIES", "Compare", "Grader", "Verdict", "VerifierConfig", "extract_answer", "grade",
+           "math_verify_equal"]
 
 # (answer, truth) -> equivalent?  Both are cleaned LaTeX strings. Must be picklable for Grader.
 Compare = Callable[[str, str], bool]
@@ -33,7 +41,10 @@ class Verdict:
   """Grade of one response.
 
   reason: "exact" / "numeric" (fast path), "equivalent" (math-verify), "mismatch", "no_answer",
-  "empty_truth", "too_long", "timeout", "worker_crash: exit code N", or "error: <exception>".
+  "truncated" (cut off: an open box, a half-written answer, or not finished), "hedged" (two
+  different final answers, or "5 or 6", for a truth that is one answer), "empty_truth",
+  "too_long", "too_complex" (towers of powers, huge exponents, deep nesting: no math-verify),
+  "timeout", "worker_crash: exit code N", or "error: <exception>".
   """
 
   correct: bool
@@ -41,145 +52,152 @@ class Verdict:
   reason: str
 
 
-# Every pattern below has a literal anchor or unambiguous quantifiers, so matching is linear.
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*(?:\{|\Z)")
-_BRACE_TOKEN_RE = re.compile(r"\\[\s\S]|[{}]")
-_ANSWER_RE = re.compile(r"answer[ \t*]{0,4}:", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"(?:(?<![\w)])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-_FULL_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
-_THIN_SPACES = ("\\!", "\\,", "\\;", "\\:")
-_TRUNCATED = object()
+_MAX_FINALS = 64  # more differently written final answers than this is a hedge without looking closer
+_MAX_DEPTH = 12
+_MAX_DIGITS = 10_000
+# sympy evaluates integer powers and factorials eagerly: 9^{9^{9}} would run for hours.
+_POWER_RE = re.compile(r"(?<!\d)\d+(?:[\s{}()]*\^[\s{}()]*\d+)+")
+_HUGE_RE = re.compile(r"(?<!\d)\d{5,}\s*!|\d{301}|\^[\s{}()]*\^")  # 100000!, 301 digits, 9^^9 / 9^{^9}
 
 
-def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
-  last = None
-  for last in pattern.finditer(text):
-    pass
-  return last
+def _power_digits(tower: str) -> float:
+  """About how many digits a^(b^(c...)) of literal integers has (inf when that is astronomical)."""
+  numbers = re.findall(r"\d+", tower)
+  if len(numbers) > 8 or any(len(x) > 300 for x in numbers):
+    return math.inf
+  *bases, exponent = [int(x) for x in numbers]
+  for base in reversed(bases):
+    if base < 2 or exponent == 0:
+      exponent = 1 if exponent == 0 or base == 1 else base
+      continue
+    if exponent > _MAX_DIGITS * 4 or exponent * math.log10(base) > _MAX_DIGITS:  # ints past 1e308 have no float
+      return math.inf
+    exponent = base ** exponent
+  return math.log10(exponent) if exponent else 0.0
 
 
-def _last_boxed(text: str) -> str | object | None:
-  """Content of the last box; None without one; _TRUNCATED if the last box never closes."""
-  last = _last_match(_BOX_RE, text)
-  if last is None or not last.group().endswith("{"):
-    return None if last is None else _TRUNCATED
-  depth = 0
-  for tok in _BRACE_TOKEN_RE.finditer(text, last.end() - 1):
-    if tok.group() == "{":
+def _too_complex(s: str) -> bool:
+  """Whether `s` may take sympy minutes: deep nesting, huge integers, powers or factorials."""
+  depth = deepest = 0
+  for ch in s:
+    if ch == "{":
       depth += 1
-    elif tok.group() == "}":
+      deepest = max(deepest, depth)
+    elif ch == "}":
       depth -= 1
-      if depth == 0:
-        return text[last.end():tok.start()]
-  return _TRUNCATED
+  if deepest > _MAX_DEPTH or _HUGE_RE.search(s):
+    return True
+  return any(_power_digits(m.group()) > _MAX_DIGITS for m in _POWER_RE.finditer(s))
 
 
-def _answer_line(text: str) -> str | None:
-  last = _last_match(_ANSWER_RE, text)
-  if last is None:
+def _key(answer: str) -> object:
+  """Two final answers are one when their MATH keys are equal (then math-verify is not asked)."""
+  squashed = answer_normal.squashed(answer)
+  number = answer_normal.as_number(squashed)
+  return squashed if number is None else number
+
+
+def _fast(answer: str, gold: str) -> str | None:
+  """"exact" / "numeric" / "mismatch" when the string/number fast path decides, else None."""
+  a_str, g_str = answer_normal.squashed(answer), answer_normal.squashed(gold)
+  if a_str == g_str:
+    return "exact"
+  a_num, g_num = answer_normal.as_number(a_str), answer_normal.as_number(g_str)
+  if a_num is None or g_num is None:
     return None
-  end = text.find("\n", last.end())
-  return text[last.end():end if end >= 0 else len(text)].strip(" \t\r*")
+  if a_num == g_num:
+    return "numeric"
+  # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
+  return "mismatch" if a_num.denominator == 1 and g_num.denominator == 1 else None
 
 
-def _last_number(text: str) -> str | None:
-  last = _last_match(_NUMBER_RE, text)
-  return None if last is None else last.group().replace(",", "")
+# What math-verify is asked: (extracted, answers that must all equal gold, gold, several finals?).
+_Job = tuple[str, tuple[str, ...], str, bool]
 
 
-def _strip(s: str) -> str:
-  # str.strip, not a regex: a `[\s$.]+$` pattern is quadratic on long runs of those characters.
-  return s.strip(" \t\r\n$").rstrip(" \t\r\n$.")
+def _prejudge(response: str, truth: str, cfg: VerifierConfig, finished: bool = True) -> Verdict | _Job:
+  """A final Verdict when no math-verify is needed, else the job for it.
 
-
-def extract_answer(text: str, cfg: VerifierConfig = VerifierConfig()) -> str | None:
-  """The final answer in `text` by the strategies of `cfg.extract`, or None."""
-  for strategy in cfg.extract:
-    if strategy == "boxed":
-      found = _last_boxed(text)
-      if found is _TRUNCATED:
-        return None
-    elif strategy == "answer_line":
-      found = _answer_line(text)
-    else:
-      found = _last_number(text)
-    if found is not None and _strip(found):
-      return _strip(found)
-  return None
-
-
-def _clean(s: str) -> str:
-  """Drop what math-verify misreads: thin spaces (`1\\,000` parses as 0) and `{,}` separators."""
-  for macro in _THIN_SPACES:
-    s = s.replace(macro, "")
-  return _strip(s.replace("{,}", ","))
-
-
-def _squash(s: str) -> str:
-  return "".join(s.split()).replace("$", "").rstrip(".")
-
-
-def _as_number(s: str) -> fractions.Fraction | None:
-  if len(s) > 100 or not _FULL_NUMBER_RE.fullmatch(s):
-    return None
-  try:
-    return fractions.Fraction(s.replace(",", ""))
-  except (ValueError, ZeroDivisionError):
-    return None
-
-
-def _prejudge(response: str, truth: str, cfg: VerifierConfig) -> Verdict | tuple[str, str, str]:
-  """A final Verdict when no math-verify is needed, else (extracted, answer, gold) for it."""
-  extracted = extract_answer(response, cfg)
+  Every distinct final answer must equal the truth: "\\sqrt{8}" then "2\\sqrt{2}" is one answer,
+  "5" then "6" a hedge (wrong, whichever matches). A truth that lists several answers ("3, 5")
+  takes them as one list ("\\boxed{3} and \\boxed{5}").
+  """
+  found = answer_extraction.extract(response, cfg)
+  extracted = found.answers[-1] if found.answers else None
+  if found.truncated or not finished:
+    return Verdict(False, extracted, "truncated")
   if extracted is None:
     return Verdict(False, None, "no_answer")
   if "\\boxed" in truth or "\\fbox" in truth:
-    boxed = _last_boxed(truth)
-    truth = boxed if isinstance(boxed, str) else truth
-  gold, answer = _clean(truth), _clean(extracted)
+    truth = answer_extraction.extract_answer(truth, VerifierConfig(extract=("boxed",))) or truth
+  gold = answer_normal.canonical(truth)
   if not gold:
     return Verdict(False, extracted, "empty_truth")
-  if _squash(answer) == _squash(gold):
-    return Verdict(True, extracted, "exact")
-  a, g = _as_number(_squash(answer)), _as_number(_squash(gold))
-  if a is not None and g is not None:
-    if a == g:
-      return Verdict(True, extracted, "numeric")
-    # Decimals still go to math-verify, which accepts 0.333333 for 1/3; distinct integers never match.
-    if a.denominator == 1 and g.denominator == 1:
-      return Verdict(False, extracted, "mismatch")
+  several = answer_normal.lists_several(gold) or answer_normal.has_alternatives(gold)
+  stated = dict.fromkeys((*found.answers, *found.others))  # in order, repeats dropped
+  if len(stated) > _MAX_FINALS and not several:
+    return Verdict(False, extracted, "hedged")
+  distinct = [answer_normal.canonical(a) for a in {_key(a): a for a in stated}.values()]
+  candidates = [", ".join(distinct)] if several else distinct
+  hedge = len(candidates) > 1
+  if not several and any(answer_normal.has_alternatives(a) for a in stated):
+    return Verdict(False, extracted, "hedged")
+  fail = "hedged" if hedge else "mismatch"
+  decided = [(c, _fast(c, gold)) for c in candidates]
+  if any(reason == "mismatch" for _, reason in decided):
+    return Verdict(False, extracted, fail)
+  undecided = tuple(c for c, reason in decided if reason is None)
+  if not undecided:
+    return Verdict(True, extracted, decided[-1][1])
   if not cfg.math_verify:
-    return Verdict(False, extracted, "mismatch")
-  if len(answer) > cfg.max_answer_chars:
+    return Verdict(False, extracted, fail)
+  if any(len(c) > cfg.max_answer_chars for c in undecided):
     return Verdict(False, extracted, "too_long")
-  return extracted, answer, gold
+  if _too_complex(gold) or any(_too_complex(c) for c in undecided):
+    return Verdict(False, extracted, "too_complex")
+  return extracted, undecided, gold, hedge
 
 
 def math_verify_equal(answer: str, truth: str) -> bool:
-  """math-verify equivalence of two bare LaTeX answers, with its signal-based timeouts off."""
+  """math-verify equivalence of two bare LaTeX answers, with its signal-based timeouts off.
+
+  Both go in as `\\boxed{...}`: its LaTeX extraction reads boxes best (`$\\frac{25}{2}\\%$` parses
+  to nothing, `\\boxed{\\frac{25}{2}\\%}` to 25/200), and a box is taken whole, where its fallback
+  extraction would pick a number out of an answer like "5 or 6".
+  """
   import math_verify
 
-  gold = math_verify.parse(f"${truth}$", parsing_timeout=None)
-  pred = math_verify.parse(f"${answer}$", parsing_timeout=None)
-  return bool(gold) and bool(pred) and bool(math_verify.verify(gold, pred, timeout_seconds=None))
+  config = [math_verify.LatexExtractionConfig(boxed_match_priority=0)]
+  gold = math_verify.parse(f"\\boxed{{{truth}}}", extraction_config=config, fallback_mode="no_fallback",
+                           parsing_timeout=None)
+  pred = math_verify.parse(f"\\boxed{{{answer}}}", extraction_config=config, fallback_mode="no_fallback",
+                           parsing_timeout=None)
+  # allow_set_relation_comp: "0 \\le x < 1" is the interval [0, 1), as MATH graders take it.
+  return bool(gold) and bool(pred) and bool(math_verify.verify(gold, pred, timeout_seconds=None,
+                                                               allow_set_relation_comp=True))
 
 
-def _compare_one(compare: Compare, answer: str, gold: str) -> tuple[bool, str]:
-  try:
-    ok = bool(compare(answer, gold))
-  except Exception as e:  # a grading bug must cost one item, not the run
-    return False, f"error: {type(e).__name__}: {e}"[:300]
-  return ok, "equivalent" if ok else "mismatch"
+def _compare_all(compare: Compare, answers: tuple[str, ...], gold: str, hedge: bool) -> tuple[bool, str]:
+  for answer in answers:
+    try:
+      ok = bool(compare(answer, gold))
+    except Exception as e:  # a grading bug must cost one item, not the run
+      return False, f"error: {type(e).__name__}: {e}"[:300]
+    if not ok:
+      return False, "hedged" if hedge else "mismatch"
+  return True, "equivalent"
 
 
 def grade(response: str, truth: str, cfg: VerifierConfig = VerifierConfig(),
-          compare: Compare | None = None) -> Verdict:
-  """Grade one response in this process, without a time bound (tests, debugging)."""
-  pre = _prejudge(response, truth, cfg)
+          compare: Compare | None = None, finished: bool = True) -> Verdict:
+  """Grade one response in this process, without a time bound (tests, debugging).
+
+  finished: False when the response was cut off (no stop token): never correct."""
+  pre = _prejudge(response, truth, cfg, finished)
   if isinstance(pre, Verdict):
     return pre
-  extracted, answer, gold = pre
-  ok, reason = _compare_one(compare or math_verify_equal, answer, gold)
+  extracted, *job = pre
+  ok, reason = _compare_all(compare or math_verify_equal, *job)
   return Verdict(ok, extracted, reason)
 
 
@@ -197,8 +215,8 @@ def _worker_main(conn: mpc.Connection, compare: Compare | None) -> None:
       return
     if job is None:
       return
-    index, answer, gold = job
-    conn.send((index, *_compare_one(compare, answer, gold)))
+    index, *args = job
+    conn.send((index, *_compare_all(compare, *args)))
 
 
 class _Worker:
@@ -246,14 +264,16 @@ class Grader:
       w.kill()
     self._workers.clear()
 
-  def grade_many(self, responses: Sequence[str], truths: Sequence[str]) -> list[Verdict]:
-    """Verdicts in input order."""
-    if len(responses) != len(truths):
-      raise ValueError(f"{len(responses)} responses but {len(truths)} truths")
+  def grade_many(self, responses: Sequence[str], truths: Sequence[str],
+                 finished: Sequence[bool] | None = None) -> list[Verdict]:
+    """Verdicts in input order. finished: per response, False if it was cut off (see grade)."""
+    finished = [True] * len(responses) if finished is None else finished
+    if not len(responses) == len(truths) == len(finished):
+      raise ValueError(f"{len(responses)} responses, {len(truths)} truths, {len(finished)} finished flags")
     results: list[Verdict | None] = [None] * len(responses)
-    jobs: dict[int, tuple[str, str, str]] = {}
-    for i, (response, truth) in enumerate(zip(responses, truths)):
-      pre = _prejudge(response, truth, self.cfg)
+    jobs: dict[int, _Job] = {}
+    for i, (response, truth, done) in enumerate(zip(responses, truths, finished)):
+      pre = _prejudge(response, truth, self.cfg, done)
       if isinstance(pre, Verdict):
         results[i] = pre
       else:
@@ -266,7 +286,7 @@ class Grader:
         raise
     return results  # type: ignore[return-value]
 
-  def _run(self, jobs: dict[int, tuple[str, str, str]], results: list[Verdict | None]) -> None:
+  def _run(self, jobs: dict[int, _Job], results: list[Verdict | None]) -> None:
     for w in [w for w in self._workers if not w.proc.is_alive()]:
       self._replace(w)  # died while idle between calls: not the fault of any item
     while len(self._workers) < min(self._max_workers, len(jobs)):
@@ -294,7 +314,7 @@ class Grader:
         elif not w.ready and now >= w.started + _STARTUP_TIMEOUT_S:
           self._replace(w)
 
-  def _receive(self, w: _Worker, jobs: dict[int, tuple[str, str, str]], results: list[Verdict | None]) -> None:
+  def _receive(self, w: _Worker, jobs: dict[int, _Job], results: list[Verdict | None]) -> None:
     try:
       msg = w.conn.recv()
     except (EOFError, OSError):
