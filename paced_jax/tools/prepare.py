@@ -13,8 +13,8 @@ import os
 from absl import app
 from absl import flags
 
-from paced_jax import workspace
-from paced_jax import artifacts
+from paced_jax import artifacts, workspace
+from paced_jax.config import ProblemsConfig
 from paced_jax.problems import builtin
 from paced_jax.problems import prepare as prepare_lib
 from paced_jax.problems import records
@@ -25,12 +25,14 @@ _SOURCE = flags.DEFINE_string(
     f"builtin:<name> ({', '.join(sorted(builtin.BUILTIN_SOURCES))}) or a .jsonl / .json / .parquet file.",
     required=True)
 _N_TRAIN = flags.DEFINE_integer("n_train", None, "Training problems (a file: default all not held out).")
+_DEFAULT = ProblemsConfig()  # the flags' defaults are the config's (config.problems)
 _N_HELDOUT = flags.DEFINE_integer("n_heldout", 0, "Held-out problems.")
-_SEED = flags.DEFINE_integer("seed", 0, "Generator seed (a file: the shuffle that picks the held-out rows).")
-_FIELD_ID = flags.DEFINE_string("field_id", "id", "File column of the problem id; '' = number the rows.")
-_FIELD_PROMPT = flags.DEFINE_string("field_prompt", "problem", "File column of the problem text.")
-_FIELD_ANSWER = flags.DEFINE_string("field_answer", "answer", "File column of the ground-truth answer.")
-_FIELD_SOLUTION = flags.DEFINE_string("field_solution", "solution", "File column of a worked solution; '' = none.")
+_SEED = flags.DEFINE_integer("seed", _DEFAULT.seed, "Generator seed (a file: the shuffle that picks the held-out rows).")
+_FIELD_ID = flags.DEFINE_string("field_id", _DEFAULT.field_id, "File column of the problem id; '' = number the rows.")
+_FIELD_PROMPT = flags.DEFINE_string("field_prompt", _DEFAULT.field_prompt, "File column of the problem text.")
+_FIELD_ANSWER = flags.DEFINE_string("field_answer", _DEFAULT.field_answer, "File column of the ground-truth answer.")
+_FIELD_SOLUTION = flags.DEFINE_string("field_solution", _DEFAULT.field_solution,
+                                      "File column of a worked solution; '' = none.")
 _FIELD_LEVEL = flags.DEFINE_string("field_level", "level", "File column of a difficulty level; '' = none.")
 
 
