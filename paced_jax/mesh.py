@@ -7,7 +7,6 @@ a tensor axis of 2), so every preset runs on every mesh, just less sharded.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Sequence
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import loss_refs
-from paced_jax.training import chunked_logprobs
 from paced_jax.training import losses
 from test_losses import F32, TOL, f32, hidden_case, jit, ref_sparse
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import loss_refs
-from paced_jax.training import chunked_logprobs
 from paced_jax.training import losses
 
 KINDS = ("fkl", "rkl", "akl", "jsd")

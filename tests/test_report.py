@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import pytest
 
 import tiny_workspace
 from paced_jax import artifacts, config as config_lib
-from paced_jax.analysis import report
+from paced_jax.analysis import report, runs
 from paced_jax.analysis import snr_stats
 from paced_jax.training import trainer
 from stage_fixtures import ROOT, tiny_experiment
@@ -49,6 +50,9 @@ def finished(tmp_path_factory):
   # Sampling-based evaluation is tested in test_evaluate.py; here only its files matter.
   write_eval(workdir, "initial", {"heldout": (0.5, 0.125, 2, 8), "math500": (0.694, 0.02, 8, 500)}, retain=0.6)
   write_eval(workdir, "final", {"heldout": (0.625, 0.1, 2, 8), "math500": (0.794, 0.018, 8, 500)}, retain=0.59)
+  with open(os.path.join(workdir, "eval", "final", "heldout.responses.jsonl"), "w") as f:
+    f.write(json.dumps({"id": "q0", "truth": "7", "responses": ["3 + 4 = \\boxed{7}", "\\boxed{8}"],
+                        "verdicts": [True, False], "extracted": ["7", "8"]}) + "\n")
   rng = np.random.default_rng(0)
   grads = np.concatenate([s * np.ones(16) + rng.normal(size=(6, 16)) for s in (0.0, 1.0, 0.0, 0.0, 0.0)])
   table = snr_stats.binned_snr(grads, np.repeat(np.arange(5), 6), 4, resamples=100)
@@ -64,19 +68,23 @@ def test_report_from_finished_run(finished):
   assert path == os.path.join(finished, "report", "report.md")
   text = open(path).read()
   images = linked_images(path)
-  assert {"pass_rates.png", "weights.png", "training.png", "bucket_loss.png", "snr_synthetic.png"} <= set(images)
+  assert {"pass_rates.png", "weights.png", "training.png", "bucket_loss.png", "snr_synthetic.png",
+          "accuracy.png"} <= set(images)
   for image in images:
     with open(os.path.join(finished, "report", image), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", image
-  assert "# PACED run report: paced / fkl" in text
+  assert "# PACED run report: paced / distill: fkl" in text
   assert "| track | `distill` |" in text
   assert "missing" not in text.split("## Configuration")[1].split("##")[0]
   # The paper's table layout: rows = checkpoints, columns = benchmarks, mean ± SE in %.
   assert "| run | heldout (mean@2) | math500 (mean@8) |" in text
   assert "| initial | 50.0 ± 12.5 | 69.4 ± 2.0 |" in text
   assert "| final | 62.5 ± 10.0 | 79.4 ± 1.8 |" in text
-  # Forgetting: 60.0 -> 59.0 is 1.0 point, 1.7% relative.
-  assert "| paced / fkl | 60.0 | 59.0 (final) | 1.0 | 1.7% |" in text
+  # Forgetting: 60.0 -> 59.0 is a change of -1.0 point, a 1.7% relative drop.
+  assert "| paced / distill: fkl | 60.0 | 59.0 (final) | -1.0 | 1.7% |" in text
+  # Sample responses of the final evaluation, one correct and one wrong at least.
+  samples = text.split("Sample responses")[1].split("##")[0]
+  assert "- correct: `" in samples and "- wrong: `" in samples
   assert "24 problems, K = 4" in text and "| 2 |" in text  # pass rates; training ran 2 steps
   # SNR: each bin against its own floor. Bin p = 0.25 carries a shared direction of share 1 (n = 6,
   # X = 16); the other four are pure noise.
@@ -99,10 +107,10 @@ def test_compare_adds_one_row_per_run(finished, tmp_path):
   text = open(path).read()
   compared = text.split("Runs compared")[1]
   assert "| base (initial) | 50.0 ± 12.5 | 69.4 ± 2.0 |" in compared
-  assert "| paced / fkl (final) | 62.5 ± 10.0 | 79.4 ± 1.8 |" in compared
-  assert "| uniform / fkl (final) | 55.0 ± 12.0 | 76.8 ± 1.9 |" in compared
+  assert "| paced / distill: fkl (final) | 62.5 ± 10.0 | 79.4 ± 1.8 |" in compared
+  assert "| uniform / two_stage: fkl then rkl (final) | 55.0 ± 12.0 | 76.8 ± 1.9 |" in compared
   assert "| bare_run (no evaluation) | – | – |" in compared
-  assert "| uniform / fkl | 60.0 | 58.0 (final) | 2.0 | 3.3% |" in text
+  assert "| uniform / two_stage: fkl then rkl | 60.0 | 58.0 (final) | -2.0 | 3.3% |" in text
   for image in linked_images(path):
     assert os.path.exists(os.path.join(finished, "report", image))
 
@@ -143,3 +151,12 @@ def test_tool_runs(finished):
   out = subprocess.run([sys.executable, "-m", "paced_jax.tools.report", f"--workdir={finished}"], env=env, cwd=ROOT,
                        check=True, capture_output=True, text=True).stdout
   assert out.strip().endswith(os.path.join("report", "report.md"))
+
+
+def test_run_names_say_the_track_and_its_divergences():
+  assert runs.run_name({"weights": {"scheme": "paced"}, "train": {"loss": "fkl"}, "track": "two_stage"}) == \
+      "paced / two_stage: fkl then rkl"
+  assert runs.run_name({"weights": {"scheme": "uniform"}, "train": {"loss": "akl"}, "track": "two_stage"}) == \
+      "uniform / two_stage: akl"
+  assert runs.run_name({"weights": {"scheme": "paced"}, "train": {"loss": "rkl"}, "track": "self_distill"}) == \
+      "paced / self_distill: rkl"

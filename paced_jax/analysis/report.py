@@ -15,80 +15,15 @@ import dataclasses
 import glob
 import json
 import os
-import re
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from paced_jax import workspace
-from paced_jax import artifacts
+from paced_jax import artifacts, workspace
 from paced_jax.analysis import snr_stats
+from paced_jax.analysis.runs import BASE_TAG, FINAL_TAG, MISSING, Run, _get, _read_json, load_run
 from paced_jax.training import weights as weights_lib
-
-CONFIG_FILE = "config.json"
-BASE_TAG, FINAL_TAG = "initial", "final"
-MISSING = "–"
-
-
-@dataclasses.dataclass
-class Run:
-  workdir: str
-  name: str
-  config: dict | None
-  metrics: list[dict] | None
-  evals: dict[str, dict[str, dict]]   # tag -> benchmark -> summary, tags in report order
-  retain: dict[str, dict]             # tag -> retain.json
-
-
-def _read_json(path: str) -> Any:
-  try:
-    return artifacts.read_json(path)
-  except artifacts.ArtifactError:
-    return None
-
-
-def _get(tree: dict | None, dotted: str, default: Any = MISSING) -> Any:
-  for key in dotted.split("."):
-    if not isinstance(tree, dict) or key not in tree:
-      return default
-    tree = tree[key]
-  return tree
-
-
-def _tag_key(tag: str):
-  order = 0 if tag == BASE_TAG else 2 if tag == FINAL_TAG else 1
-  return order, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", tag)]
-
-
-def load_run(workdir: str) -> Run:
-  """Everything the report reads from one workdir; absent or unreadable pieces are None / empty."""
-  config = _read_json(os.path.join(workdir, CONFIG_FILE))
-  if isinstance(config, dict) and "train" not in config and isinstance(config.get("config"), dict):
-    config = config["config"]  # tolerate a wrapper {"config": {...}, ...}
-  config = config if isinstance(config, dict) else None
-  metrics_path = workspace.train_metrics_file(workdir)
-  metrics = None
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      metrics = [json.loads(line) for line in f if line.strip()] or None
-  evals, retain = {}, {}
-  for d in sorted(glob.glob(os.path.join(workspace.eval_root(workdir), "*", "")), key=lambda d: _tag_key(os.path.basename(d[:-1]))):
-    tag = os.path.basename(d[:-1])
-    benches = {}
-    for path in sorted(glob.glob(os.path.join(d, "*.json"))):
-      s = _read_json(path)
-      if os.path.basename(path) == "retain.json":
-        if isinstance(s, dict) and s.get("accuracy") is not None:
-          retain[tag] = s
-      elif isinstance(s, dict) and "accuracy" in s and os.path.basename(path) != artifacts.MANIFEST:
-        benches[s.get("benchmark") or os.path.basename(path)[:-5]] = s
-    if benches:
-      evals[tag] = benches
-  scheme, loss = _get(config, "weights.scheme", None), _get(config, "train.loss", None)
-  name = f"{scheme} / {loss}" if scheme and loss else os.path.basename(os.path.normpath(workdir))
-  return Run(workdir, name, config, metrics, evals, retain)
-
 
 def _pct(x) -> str:
   return MISSING if x is None else f"{100 * x:.1f}"
@@ -153,7 +88,7 @@ class _Writer:
 def _config_section(w: _Writer, run: Run) -> None:
   w.section("Configuration")
   if run.config is None:
-    w.add(f"{CONFIG_FILE}: missing (the pipeline writes WORKDIR/{CONFIG_FILE}).")
+    w.add("config.json: missing (the pipeline writes WORKDIR/config.json).")
     return
   c = run.config
   fields = ["student", "teacher", "track", "problems.source", "problems.n_train", "pass_rate.sampling.num_samples",
@@ -228,8 +163,9 @@ def _weights_section(w: _Writer, run: Run, hist: list[int] | None) -> None:
   ax.set(xlabel="pass rate p", ylabel="weight", title="problem weight and pass-rate counts")
   ax.set_zorder(bars.get_zorder() + 1)
   ax.patch.set_visible(False)
-  ax.legend(loc="upper left", fontsize=8)
-  bars.legend(loc="upper right", fontsize=8)
+  handles = ax.get_legend_handles_labels()[0] + bars.get_legend_handles_labels()[0]
+  fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+  fig.subplots_adjust(bottom=0.3)
   w.figure("weights.png", fig, "weight curve")
   w.table(["p", "problems", "w raw", f"w ({wc.norm})", "kept"],
           [(f"{p[c]:.3f}", int(counts[c]), f"{raw[c]:.4f}", f"{normed[c]:.4f}", "yes" if keep[c] else "no")
@@ -255,6 +191,8 @@ def _training_section(w: _Writer, run: Run, compare: Sequence[Run]) -> None:
     ax.plot(*_series(m, key), ".-")
     for x in switches:
       ax.axvline(x, color="grey", ls="--", lw=0.8)
+      ax.annotate("stage switch", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -10),
+                  textcoords="offset points", fontsize=7, color="grey")
     ax.set(xlabel="step", title=label)
   w.figure("training.png", fig, "training curves")
   G = max(len(r.get("bucket_count") or []) for r in m)
@@ -295,6 +233,8 @@ def _eval_section(w: _Writer, run: Run, compare: Sequence[Run]) -> None:
   if run.evals:
     w.add("Accuracy mean@k in % ± standard error over problems, by checkpoint tag:", "")
     w.add(*eval_table(list(run.evals.items())), "")
+    _accuracy_figure(w, run)
+    _sample_responses(w, run)
   if compare:
     rows = [(f"base ({BASE_TAG})", run.evals[BASE_TAG])] if BASE_TAG in run.evals else []
     for r in [run, *compare]:
@@ -302,6 +242,47 @@ def _eval_section(w: _Writer, run: Run, compare: Sequence[Run]) -> None:
       rows.append((f"{r.name} ({tag or 'no evaluation'})", r.evals.get(tag, {})))
     w.add("", "Runs compared (each run's final evaluation, else its latest):", "")
     w.add(*eval_table(rows), "")
+
+
+def _accuracy_figure(w: _Writer, run: Run) -> None:
+  """Accuracy per benchmark before and after training, with standard-error bars."""
+  tags = [t for t in (BASE_TAG, _result_tag(run)) if t in run.evals]
+  benches = sorted({b for t in tags for b in run.evals[t]})
+  if not benches or len(set(tags)) < 2:
+    return
+  fig = Figure(figsize=(max(4, 1.6 * len(benches) + 2), 3.2))
+  ax = fig.add_subplot()
+  x = np.arange(len(benches))
+  for i, tag in enumerate(tags):
+    got = [run.evals[tag].get(b, {}) for b in benches]
+    acc = [100 * (s.get("accuracy") or 0) for s in got]
+    se = [100 * (s.get("se") or 0) for s in got]
+    ax.bar(x + (i - 0.5) * 0.38, acc, 0.38, yerr=se, capsize=3, label=tag)
+  ax.set_xticks(x, benches)
+  ax.set(ylabel="accuracy mean@k (%)", title="before and after training (± SE)")
+  ax.legend(fontsize=8)
+  w.figure("accuracy.png", fig, "accuracy before and after training")
+
+
+def _sample_responses(w: _Writer, run: Run, per_kind: int = 2, chars: int = 400) -> None:
+  """A few correct and wrong responses of the final evaluation, as the verifier saw them."""
+  tag = _result_tag(run)
+  paths = sorted(glob.glob(os.path.join(workspace.eval_dir(run.workdir, tag or ""), "*.responses.jsonl")))
+  if not tag or not paths:
+    return
+  picked = {True: [], False: []}
+  with open(paths[0], encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      for text, ok, extracted in zip(r.get("responses", []), r.get("verdicts", []), r.get("extracted", [])):
+        if len(picked[bool(ok)]) < per_kind:
+          picked[bool(ok)].append((r["id"], r.get("truth"), extracted, text))
+  w.add("", f"Sample responses ({os.path.basename(paths[0]).split('.')[0]}, tag {tag}):", "")
+  for ok in (True, False):
+    for pid, truth, extracted, text in picked[ok]:
+      shown = text if len(text) <= chars else text[:chars] + " [...]"
+      w.add(f"- {'correct' if ok else 'wrong'}: `{pid}`, truth `{truth}`, extracted `{extracted}`", "",
+            "  ```", *("  " + line for line in shown.splitlines() or [""]), "  ```")
 
 
 def _forgetting_section(w: _Writer, runs: Sequence[Run]) -> None:
@@ -314,12 +295,14 @@ def _forgetting_section(w: _Writer, runs: Sequence[Run]) -> None:
       continue
     before, after = r.retain[BASE_TAG]["accuracy"], r.retain[after_tag]["accuracy"]
     rel = (before - after) / before if before > 0 else None
-    rows.append((r.name, _pct(before), f"{_pct(after)} ({after_tag})", f"{100 * (before - after):.1f}",
+    change = 100 * (after - before)
+    rows.append((r.name, _pct(before), f"{_pct(after)} ({after_tag})", f"{change:+.1f}",
                  MISSING if rel is None else f"{100 * rel:.1f}%"))
   if not rows:
     w.add(f"retain.json before ({BASE_TAG}) and after training: missing (set config.eval.retain_set).")
     return
-  w.table(["run", "before (%)", "after (%)", "drop (points)", "relative drop"], rows)
+  w.add("Change is after - before in points (negative: forgotten); relative drop is (before - after) / before.", "")
+  w.table(["run", "before (%)", "after (%)", "change (points)", "relative drop"], rows)
 
 
 def _snr_section(w: _Writer, run: Run) -> None:

@@ -42,7 +42,6 @@ from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import pass_rate
 from paced_jax.analysis import snr_stats
-from paced_jax.teacher import stage as teacher_stage
 from paced_jax.model import tokenization
 from paced_jax.training import trainer
 from paced_jax.training import data as training_data

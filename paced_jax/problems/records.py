@@ -10,7 +10,6 @@ import math
 import os
 from typing import Any, Iterator
 
-from paced_jax import artifacts
 
 SPLITS = ("train", "heldout")
 # One problem key in HELDOUT_BUCKETS lands in the held-out partition (a hash of the key decides).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from paced_jax import workspace
 from paced_jax.problems import prompts as prompts_lib

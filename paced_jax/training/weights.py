@@ -10,7 +10,6 @@ shape works where E is written).
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
