@@ -186,6 +186,9 @@ class ModelOptions:
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # Training and scoring attention: auto | dense | blockwise | splash | gpu (model/attention.py;
+  # auto: splash on TPU, the Pallas kernel on GPU, on CPU dense for short rows, else blockwise).
+  attention: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
