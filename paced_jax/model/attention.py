@@ -73,13 +73,21 @@ def attend(q_BTHDh, k_BJSDh, v_BJSDh, mask_BTS, dtype):
   return out_BJMDh.reshape(B, J, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
+def platform() -> str:
+  """Where the traced program will run: the context mesh's devices (a TPU topology during an
+  ahead-of-time compile on this CPU), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def resolve(impl: str, seq_len: int, backend: str | None = None) -> str:
-  """The implementation `auto` stands for on `backend` (default: JAX's) at this row length."""
+  """The implementation `auto` stands for on `backend` (default: `platform()`) at this row length."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {impl!r}; available: {', '.join(IMPLEMENTATIONS)}")
   if impl != "auto":
     return impl
-  backend = backend or jax.default_backend()
+  backend = backend or platform()
   if backend == "tpu":
     return "splash"
   if backend in ("gpu", "cuda", "rocm"):
@@ -92,12 +100,12 @@ def attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, *, impl: str = "auto", 
   """Causal self-attention within segments; q, k, v token-major as the projections make them.
 
   Returns [B, T, H, Dh] in q's dtype. `interpret` runs the Pallas kernels in interpret mode
-  (default: when the backend has no such kernel, i.e. on CPU); `block` is blockwise's block.
+  (default: when the platform has no such kernel, i.e. on CPU); `block` is blockwise's block.
   """
   T = q_BTHDh.shape[1]
   impl = resolve(impl, T)
   if interpret is None:
-    interpret = jax.default_backend() == "cpu"
+    interpret = platform() == "cpu"
   if impl == "dense":
     slots_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), segment_ids_BT.shape)
     mask_BTS = attention_mask(segment_ids_BT, slots_BT, segment_ids_BT, slots_BT)
@@ -202,7 +210,8 @@ def _flash_bwd(block, scale, res, dout_BJMDh):
       dq_BJMDh, dk_BJsDh, dv_BJsDh = carry
       q_BJmDh, do_BJmDh = _slice(q_BJMDh, i, rows), _slice(dout_BJMDh, i, rows)
       s_BJms = jnp.einsum("bjmd,bjsd->bjms", q_BJmDh, k_BJsDh, preferred_element_type=jnp.float32) * scale
-      p_BJms = jnp.where(_block_mask(seg_BT, i, j, block, G), jnp.exp(s_BJms - _slice(lse_BJM, i, rows)[..., None]), 0.0)
+      lse_BJm = _slice(lse_BJM, i, rows)
+      p_BJms = jnp.where(_block_mask(seg_BT, i, j, block, G), jnp.exp(s_BJms - lse_BJm[..., None]), 0.0)
       dv_BJsDh += jnp.einsum("bjms,bjmd->bjsd", p_BJms.astype(do_BJmDh.dtype), do_BJmDh,
                              preferred_element_type=jnp.float32)
       dp_BJms = jnp.einsum("bjmd,bjsd->bjms", do_BJmDh, v_BJsDh, preferred_element_type=jnp.float32)
@@ -235,7 +244,7 @@ def kernel_block(seq_len: int) -> int:
 
 
 def _splash_one_device(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, *, interpret: bool):
-  B, T, H, Dh = q_BTHDh.shape
+  _, T, H, Dh = q_BTHDh.shape
   seg_BT, q_BTHDh, k_BTJDh, v_BTJDh = _pad_rows(KERNEL_BLOCKS[-1], segment_ids_BT, q_BTHDh, k_BTJDh, v_BTJDh)
   Tp = seg_BT.shape[1]
   b = kernel_block(Tp)
@@ -269,7 +278,7 @@ def _sharded(fn, q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT):
 
 def _gpu(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, interpret: bool):
   """Pallas GPU (Triton) flash attention; kv heads repeated to the query heads. Untested here."""
-  B, T, H, Dh = q_BTHDh.shape
+  _, T, H, Dh = q_BTHDh.shape
   G = H // k_BTJDh.shape[2]
   seg_BT, q_BTHDh, k_BTJDh, v_BTJDh = _pad_rows(KERNEL_BLOCKS[-1], segment_ids_BT, q_BTHDh, k_BTJDh, v_BTJDh)
   b = min(kernel_block(seg_BT.shape[1]), 128)  # Triton tiles beyond 128 overflow shared memory
