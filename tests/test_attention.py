@@ -1,6 +1,7 @@
 """Every attention implementation against dense attention (itself checked against numpy float64):
 values and q/k/v gradients on packed rows with padding, SmolLM2's 9 query / 3 kv heads, T not a
-multiple of the block. Splash runs in Pallas interpret mode, sharded over a (data, tensor) mesh."""
+multiple of the block. The Pallas kernels run in interpret mode; splash sharded over a (data, tensor)
+mesh."""
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,13 @@ def test_splash_matches_dense_sharded(inputs, dense):
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=2, fsdp=1, tensor=3), devices=jax.devices()[:6])
   with jax.set_mesh(mesh):
     got = value_and_grads("splash", *inputs, interpret=True)
+  assert_matches_dense(got, dense, inputs[3])
+
+
+def test_gpu_kernel_matches_dense_in_interpret_mode(inputs, dense):
+  # The Pallas GPU kernel's program, run by the Pallas interpreter on CPU (no GPU here): covers
+  # the padding to 128, the repeated kv heads and the segment ids; not the Triton lowering.
+  got = value_and_grads("gpu", *inputs, interpret=True)
   assert_matches_dense(got, dense, inputs[3])
 
 

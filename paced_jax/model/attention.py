@@ -6,7 +6,8 @@ keys of its own nonzero segment at or before its slot. `attention(..., impl=...)
   blockwise  pure JAX, online softmax over key blocks, a custom VJP that recomputes each block
              from the saved log-sum-exp: O(T x block) memory; skips blocks above the diagonal
   splash     Pallas TPU splash attention, per device inside `jax.shard_map` (interpret mode on CPU)
-  gpu        Pallas GPU flash attention with segment ids (never run here: no GPU)
+  gpu        Pallas GPU flash attention with segment ids, per device likewise (tested here only in
+             interpret mode)
   auto       TPU -> splash, GPU -> gpu, CPU -> dense below `CPU_BLOCKWISE_FROM` tokens, else blockwise
 Outputs at padding queries mean nothing and differ by implementation (dense: a uniform average,
 blockwise: zeros, the kernels: attention among the padding); no real query reads them.
@@ -33,7 +34,7 @@ IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "gpu")
 # bench/attention.py on the 2-core CPU (bench/README.md): blockwise overtakes dense from 1024.
 CPU_BLOCKWISE_FROM = 1024
 BLOCKWISE_BLOCK = 512
-KERNEL_BLOCKS = (512, 256, 128)  # splash / gpu: the largest dividing T (T is padded to 128 first)
+KERNEL_BLOCKS = (512, 256, 128)  # splash's block: the largest dividing T (padded to a multiple of 128)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so all-masked rows stay NaN-free
 
 
@@ -115,7 +116,8 @@ def attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, *, impl: str = "auto", 
   if impl == "splash":
     return _sharded(functools.partial(_splash_one_device, interpret=interpret), q_BTHDh, k_BTJDh, v_BTJDh,
                     segment_ids_BT)
-  return _gpu(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, interpret)
+  return _sharded(functools.partial(_gpu_one_device, interpret=interpret), q_BTHDh, k_BTJDh, v_BTJDh,
+                  segment_ids_BT)
 
 
 def _pad_rows(block: int, segment_ids_BT, *arrays_BT):
@@ -276,14 +278,14 @@ def _sharded(fn, q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT):
                        check_vma=False)(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT)
 
 
-def _gpu(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, interpret: bool):
-  """Pallas GPU (Triton) flash attention; kv heads repeated to the query heads. Untested here."""
+def _gpu_one_device(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, *, interpret: bool):
+  """Pallas GPU (Triton) flash attention, kv heads repeated to the query heads (no GPU here: its
+  tests run the kernel in interpret mode, not the Triton lowering)."""
   _, T, H, Dh = q_BTHDh.shape
   G = H // k_BTJDh.shape[2]
+  # Padded to 128 tokens: the kernel's default tiles (128 forward, 32 backward) then divide T.
   seg_BT, q_BTHDh, k_BTJDh, v_BTJDh = _pad_rows(KERNEL_BLOCKS[-1], segment_ids_BT, q_BTHDh, k_BTJDh, v_BTJDh)
-  b = min(kernel_block(seg_BT.shape[1]), 128)  # Triton tiles beyond 128 overflow shared memory
-  sizes = gpu_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=b, block_kv_dkv=b, block_q_dq=b, block_kv_dq=b)
   out_BTHDh = gpu_attention.mha(q_BTHDh, jnp.repeat(k_BTJDh, G, axis=2), jnp.repeat(v_BTJDh, G, axis=2),
                                 seg_BT.astype(jnp.int32), sm_scale=1.0 / math.sqrt(Dh), causal=True,
-                                block_sizes=sizes, interpret=interpret)
+                                block_sizes=gpu_attention.BlockSizes.get_default(), interpret=interpret)
   return out_BTHDh[:, :T]
