@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import attention as attention_lib
@@ -81,12 +82,24 @@ def test_blockwise_matches_dense(inputs, dense, block):
   assert np.isfinite(got[0]).all() and all(np.isfinite(g).all() for g in got[1])
 
 
-def test_splash_matches_dense_sharded(inputs, dense):
-  # Batch over 'data' and the 9 / 3 heads over 'tensor' (3 query heads and 1 kv head per device);
-  # T = 200 is padded to 256 (block 256).
+def on_mesh(q, k, v, seg, w):
+  """Batch over 'data' and the 9 / 3 heads over 'tensor' (3 query heads and 1 kv head per device)."""
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=2, fsdp=1, tensor=3), devices=jax.devices()[:6])
+  heads = NamedSharding(mesh, P("data", None, "tensor", None))
+  return mesh, [jax.device_put(x, heads) for x in (q, k, v)] + [seg, w]
+
+
+def test_blockwise_matches_dense_sharded(inputs, dense):
+  mesh, sharded = on_mesh(*inputs)
   with jax.set_mesh(mesh):
-    got = value_and_grads("splash", *inputs, interpret=True)
+    got = value_and_grads("blockwise", *sharded, block=64)
+  assert_matches_dense(got, dense, inputs[3])
+
+
+def test_splash_matches_dense_sharded(inputs, dense):
+  mesh, sharded = on_mesh(*inputs)  # T = 200 is padded to 256 (block 256)
+  with jax.set_mesh(mesh):
+    got = value_and_grads("splash", *sharded, interpret=True)
   assert_matches_dense(got, dense, inputs[3])
 
 
