@@ -75,7 +75,7 @@ def test_dense_matches_numpy(inputs, dense):
   np.testing.assert_allclose(dense[0][real], numpy_reference(q, k, v, seg)[real], atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("block", [64, 128, 512])  # T = 200: padded to 256, 256, one block of 200
+@pytest.mark.parametrize("block", [64, 128, 512])  # T = 200: padded to 256, 256; one block of 200
 def test_blockwise_matches_dense(inputs, dense, block):
   got = value_and_grads("blockwise", *inputs, block=block)
   assert_matches_dense(got, dense, inputs[3])
@@ -120,7 +120,7 @@ def test_auto_and_unknown_names():
 
 
 def test_decoder_training_forward_blockwise_equals_dense():
-  """The decoder forward and its parameter gradients, T = 600 (two blocks of 512, the second padded)."""
+  """The decoder forward and its parameter gradients, T = 600 (five blocks of 128, the last padded)."""
   cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=48, intermediate_size=64, num_layers=2,
                     num_heads=9, num_kv_heads=3, head_dim=16, rms_norm_eps=1e-6, rope=RopeConfig(theta=1e5),
                     tie_word_embeddings=True)

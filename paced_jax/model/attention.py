@@ -31,9 +31,10 @@ from jax.sharding import PartitionSpec as P
 from paced_jax import mesh as mesh_lib
 
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "gpu")
-# bench/attention.py on the 2-core CPU (bench/README.md): blockwise overtakes dense from 1024.
-CPU_BLOCKWISE_FROM = 1024
-BLOCKWISE_BLOCK = 512
+# bench/attention.py on the 2-core CPU (bench/README.md): blockwise with 128-token blocks takes
+# 1.4x dense's time at T = 256 and 0.25-0.35x from 512 to 4096 (256-token blocks: 0.28x at 4096).
+CPU_BLOCKWISE_FROM = 512
+BLOCKWISE_BLOCK = 128
 KERNEL_BLOCKS = (512, 256, 128)  # splash's block: the largest dividing T (padded to a multiple of 128)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so all-masked rows stay NaN-free
 
@@ -130,6 +131,7 @@ def _pad_rows(block: int, segment_ids_BT, *arrays_BT):
 # ---- blockwise: online softmax, hand-written backward ------------------------------------------
 
 def blockwise_attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, *, block: int = BLOCKWISE_BLOCK):
+  """`attention` by blocks of `block` queries and keys (T padded to a multiple of it)."""
   B, T, H, Dh = q_BTHDh.shape
   J = k_BTJDh.shape[2]
   G = H // J
