@@ -181,14 +181,17 @@ class PromptConfig:
   enable_thinking: bool = False          # Qwen3 chat template switch
 
 
+# model/attention.py implements each; auto: splash on TPU, the Pallas kernel on GPU, on CPU dense
+# for short rows, else blockwise.
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "gpu")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
-  # Training and scoring attention: auto | dense | blockwise | splash | gpu (model/attention.py;
-  # auto: splash on TPU, the Pallas kernel on GPU, on CPU dense for short rows, else blockwise).
-  attention: str = "auto"
+  attention: str = "auto"  # training and teacher-scoring attention, one of ATTENTION_IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +280,7 @@ _CHOICES = {
     "teacher_signal.logprob_dtype": ("bfloat16", "float16"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention": ATTENTION_IMPLEMENTATIONS,
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from paced_jax import mesh as mesh_lib
+from paced_jax import config as config_lib, mesh as mesh_lib
 from paced_jax.model import attention as attention_lib
 from paced_jax.model import decoder as model_lib
 from paced_jax.model.config import ModelConfig, RopeConfig
@@ -117,6 +117,8 @@ def test_auto_and_unknown_names():
   assert attention_lib.resolve("auto", attention_lib.CPU_BLOCKWISE_FROM, backend="cpu") == "blockwise"
   with pytest.raises(ValueError, match="available: auto, dense"):
     attention_lib.resolve("flash", 128)
+  with pytest.raises(config_lib.ConfigError, match="model.attention: 'flash' is not one of auto, dense"):
+    config_lib.to_dataclass(config_lib.ModelOptions, {"attention": "flash"}, "config.model")
 
 
 def test_decoder_training_forward_blockwise_equals_dense():

@@ -29,8 +29,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.sharding import PartitionSpec as P
 
 from paced_jax import mesh as mesh_lib
-
-IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "gpu")
+from paced_jax.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 # bench/attention.py on the 2-core CPU (bench/README.md): blockwise with 128-token blocks takes
 # 1.4x dense's time at T = 256 and 0.25-0.35x from 512 to 4096 (256-token blocks: 0.28x at 4096).
 CPU_BLOCKWISE_FROM = 512
