@@ -189,11 +189,17 @@ class PromptConfig:
   enable_thinking: bool = False          # Qwen3 chat template switch
 
 
+# model/attention.py implements each; auto: splash on TPU, the Pallas kernel on GPU, on CPU dense
+# for short rows, else blockwise.
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "gpu")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  attention: str = "auto"  # training and teacher-scoring attention, one of ATTENTION_IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +293,7 @@ _CHOICES = {
     "train.schedule": ("constant", "cosine"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention": ATTENTION_IMPLEMENTATIONS,
 }
 
 

@@ -55,6 +55,7 @@ class ModelConfig:
   compute_dtype: str = "float32"   # activations and matmul inputs
   param_dtype: str = "float32"     # master weights
   remat: bool = False              # rematerialise each layer in the backward pass
+  attention: str = "auto"          # training / scoring attention (config.ModelOptions.attention)
 
   def replace(self, **changes: Any) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

@@ -1,7 +1,7 @@
 """One Flax NNX decoder for the Llama 3, Qwen2 / Qwen2.5, Qwen3 and SmolLM2 families.
 
-Axis legend: B batch, T query time, S key/cache time, D model dim, H query heads, K kv heads,
-G query heads per kv head, Dh head dim, F MLP dim, V vocabulary rows, L layers.
+Axis legend (paced_jax/__init__.py): B batch, T query time, S key/cache time, D model dim, H query heads,
+J kv heads, G query heads per kv head, Dh head dim, F MLP dim, V vocabulary rows, L layers.
 
 The layers' parameters are stacked on a leading L axis and run under `lax.scan`, so a 36-layer
 model compiles as fast as a 1-layer one. Parameters carry logical axis names (`logical_axes`
@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from paced_jax.model import attention as attention_lib
+from paced_jax.model.attention import attend, attention_mask  # noqa: F401  (the sampler's cache path)
 from paced_jax.model.config import ModelConfig, RopeConfig
-
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so all-masked rows stay NaN-free
 
 
 def _param(rngs: nnx.Rngs | None, shape, axes, cfg: ModelConfig, init: str = "normal", **metadata) -> nnx.Param:
@@ -88,24 +88,17 @@ def write_rows(cache_BS, new_BT, index_B):
   return jax.vmap(write)(cache_BS, new_BT.astype(cache_BS.dtype), index_B)
 
 
-def attention_mask(q_segment_BT, q_slot_BT, k_segment_BS, k_slot_BS):
-  """Causal within a segment; segment 0 (padding / empty cache) is never attended to."""
-  same = q_segment_BT[:, :, None] == k_segment_BS[:, None, :]
-  causal = k_slot_BS[:, None, :] <= q_slot_BT[:, :, None]
-  return same & causal & (k_segment_BS[:, None, :] != 0)
-
-
 class DecoderLayers(nnx.Module):
   """All L decoder layers, parameters stacked on a leading L axis."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    L, D, H, K, Dh, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+    L, D, H, J, Dh, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                          cfg.head_dim, cfg.intermediate_size)
     self.input_layernorm = RMSNorm((L, D), ("layers", "norm"), cfg)
     self.self_attn = nnx.Dict(
         q_proj=Projection((L, D, H, Dh), ("layers", "embed", "q_heads", "head_dim"), cfg, rngs, cfg.qkv_bias, 2),
-        k_proj=Projection((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), cfg, rngs, cfg.qkv_bias, 2),
-        v_proj=Projection((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), cfg, rngs, cfg.qkv_bias, 2),
+        k_proj=Projection((L, D, J, Dh), ("layers", "embed", "kv_heads", "head_dim"), cfg, rngs, cfg.qkv_bias, 2),
+        v_proj=Projection((L, D, J, Dh), ("layers", "embed", "kv_heads", "head_dim"), cfg, rngs, cfg.qkv_bias, 2),
         o_proj=Projection((L, H, Dh, D), ("layers", "q_heads", "head_dim", "embed"), cfg, rngs, cfg.o_bias, 1, 2),
     )
     if cfg.qk_norm:
@@ -132,35 +125,6 @@ def _scatter(cache_BKSDh, new_BTKDh, slots_BT):
   rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], slots_BT.shape)
   # The indexed axes (row, slot) are split by a slice, so the update is laid out [B, T, K, Dh].
   return cache_BKSDh.at[rows_BT, :, slots_BT].set(new_BTKDh.astype(cache_BKSDh.dtype), mode="drop")
-
-
-def attend(q_BTHDh, k_BKSDh, v_BKSDh, mask_BTS, dtype):
-  """Grouped-query softmax attention, computed head-major.
-
-  The G query heads sharing a kv head are folded with the T queries into one M = G * T axis, so
-  both products are plain batched matmuls over (B, K) with no operand transposes inside them
-  (on XLA:CPU about 1.5x faster than contracting the token-major layout directly).
-  """
-  B, T, H, Dh = q_BTHDh.shape
-  K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
-  G = H // K
-  q_BKMDh = q_BTHDh.reshape(B, T, K, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, Dh)
-  k_BKSDh, v_BKSDh = k_BKSDh.astype(dtype), v_BKSDh.astype(dtype)
-  # Decoding on CPU (a few query rows per kv head): XLA:CPU runs these B x K tiny matmuls far
-  # below its matmul rate, and a fused multiply-and-reduce is faster inside the decode loop
-  # (measured: a 64-row SmolLM2 decode step 334 -> 273 ms, batch 1 42 -> 34 ms).
-  small = G * T <= 8 and jax.default_backend() == "cpu"
-  if small:
-    scores_BKMS = jnp.sum(q_BKMDh[:, :, :, None].astype(jnp.float32) * k_BKSDh[:, :, None].astype(jnp.float32), -1)
-  else:
-    scores_BKMS = jnp.einsum("bkmd,bksd->bkms", q_BKMDh, k_BKSDh, preferred_element_type=jnp.float32)
-  scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKMS.reshape(B, K, G, T, S) / math.sqrt(Dh), _MASKED)
-  probs_BKMS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dtype).reshape(B, K, G * T, S)
-  if small:
-    out_BKMDh = jnp.sum(probs_BKMS[..., None] * v_BKSDh[:, :, None], axis=3)
-  else:
-    out_BKMDh = jnp.einsum("bkms,bksd->bkmd", probs_BKMS, v_BKSDh)
-  return out_BKMDh.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
 @jax.custom_vjp
@@ -193,30 +157,35 @@ def _gated_mlp_bwd(res, dy_BTD):
 gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
-def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, kv_cache=None):
+def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, kv_cache=None, segment_ids_BT=None):
   """One pre-norm decoder layer on plain arrays `p` (one layer's slice of the stacked state).
 
-  With `kv_cache=(k_BKSDh, v_BKSDh, slots_BT)` (this layer's cache) the new keys/values are
-  written at `slots_BT` and attention runs over the whole cache. Returns (x, k, v): the updated
-  cache, or without one this call's keys and values as [B, K, T, Dh].
+  With `segment_ids_BT` (and no cache) attention is causal self-attention within segments by
+  `cfg.attention` (model/attention.py; `mask_BTS` is unused). Otherwise it runs `attend` under
+  `mask_BTS`; with `kv_cache=(k_BJSDh, v_BJSDh, slots_BT)` (this layer's cache) the new
+  keys/values are first written at `slots_BT` and attention runs over the whole cache. Returns
+  (x, k, v): the updated cache, or without one this call's keys and values as [B, J, T, Dh].
   """
   dtype = jnp.dtype(cfg.compute_dtype)
   attn = p["self_attn"]
   h = rms_norm(x_BTD, p["input_layernorm"]["weight"], cfg.rms_norm_eps)
   q_BTHDh = _project(attn["q_proj"], "btd,dhk->bthk", h, dtype)
-  k_BTKDh = _project(attn["k_proj"], "btd,dhk->bthk", h, dtype)
-  v_BTKDh = _project(attn["v_proj"], "btd,dhk->bthk", h, dtype)
+  k_BTJDh = _project(attn["k_proj"], "btd,dhk->bthk", h, dtype)
+  v_BTJDh = _project(attn["v_proj"], "btd,dhk->bthk", h, dtype)
   if cfg.qk_norm:
     q_BTHDh = rms_norm(q_BTHDh, attn["q_norm"]["weight"], cfg.rms_norm_eps)
-    k_BTKDh = rms_norm(k_BTKDh, attn["k_norm"]["weight"], cfg.rms_norm_eps)
+    k_BTJDh = rms_norm(k_BTJDh, attn["k_norm"]["weight"], cfg.rms_norm_eps)
   q_BTHDh = apply_rope(q_BTHDh, positions_BT, inv_freq)
-  k_BTKDh = apply_rope(k_BTKDh, positions_BT, inv_freq)
+  k_BTJDh = apply_rope(k_BTJDh, positions_BT, inv_freq)
   if kv_cache is not None:
     k_cache, v_cache, slots_BT = kv_cache
-    k_BKSDh, v_BKSDh = _scatter(k_cache, k_BTKDh, slots_BT), _scatter(v_cache, v_BTKDh, slots_BT)
+    k_BJSDh, v_BJSDh = _scatter(k_cache, k_BTJDh, slots_BT), _scatter(v_cache, v_BTJDh, slots_BT)
   else:
-    k_BKSDh, v_BKSDh = k_BTKDh.transpose(0, 2, 1, 3), v_BTKDh.transpose(0, 2, 1, 3)
-  out_BTHDh = attend(q_BTHDh, k_BKSDh, v_BKSDh, mask_BTS, dtype)
+    k_BJSDh, v_BJSDh = k_BTJDh.transpose(0, 2, 1, 3), v_BTJDh.transpose(0, 2, 1, 3)
+  if segment_ids_BT is not None and kv_cache is None:
+    out_BTHDh = attention_lib.attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, impl=cfg.attention)
+  else:
+    out_BTHDh = attend(q_BTHDh, k_BJSDh, v_BJSDh, mask_BTS, dtype)
   x_BTD = x_BTD + _project(attn["o_proj"], "bthk,hkd->btd", out_BTHDh, dtype)
 
   mlp = p["mlp"]
@@ -227,7 +196,7 @@ def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, 
     gate_BTF = _project(mlp["gate_proj"], "btd,df->btf", h, dtype)
     up_BTF = _project(mlp["up_proj"], "btd,df->btf", h, dtype)
     x_BTD = x_BTD + _project(mlp["down_proj"], "btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, dtype)
-  return x_BTD, k_BKSDh, v_BKSDh
+  return x_BTD, k_BJSDh, v_BJSDh
 
 
 class Decoder(nnx.Module):
@@ -249,18 +218,15 @@ class Decoder(nnx.Module):
   def __call__(self, tokens_BT, positions_BT, segment_ids_BT) -> jax.Array:
     """Final hidden states (after the final norm), [B, T, D].
 
-    Rows may be packed: attention stays causal within equal nonzero segment ids. (Sampling
-    runs the same layers over a KV cache through decoding.py.)
+    Rows may be packed: attention stays causal within equal nonzero segment ids, computed by
+    `cfg.attention`. (Sampling runs the same layers over a KV cache through decoding.py.)
     """
     cfg = self.cfg
     x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
     inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim)
-    B, T = tokens_BT.shape
-    slots_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    mask_BTS = attention_mask(segment_ids_BT, slots_BT, segment_ids_BT, slots_BT)
 
     def body(x_BTD, p):
-      return layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq)[0], None
+      return layer_forward(cfg, p, x_BTD, positions_BT, None, inv_freq, segment_ids_BT=segment_ids_BT)[0], None
     if cfg.remat:
       body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
     x_BTD, _ = jax.lax.scan(body, x_BTD, nnx.to_pure_dict(nnx.state(self.layers)))

@@ -64,7 +64,8 @@ def resolve_model_dir(spec: str) -> str:
 def load(spec: str, mesh: Mesh, options: ModelOptions = ModelOptions()) -> LoadedModel:
   model_dir = resolve_model_dir(spec)
   cfg, graphdef, params = hf_checkpoint.load_model(
-      model_dir, mesh, compute_dtype=options.compute_dtype, param_dtype=options.param_dtype, remat=options.remat)
+      model_dir, mesh, compute_dtype=options.compute_dtype, param_dtype=options.param_dtype, remat=options.remat,
+      attention=options.attention)
   return LoadedModel(model_dir, cfg, graphdef, params, tokenization.load_tokenizer(model_dir),
                      hf_checkpoint.model_fingerprint(model_dir), mesh)
 
