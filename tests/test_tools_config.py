@@ -22,3 +22,10 @@ def test_resolved_config_shows_overrides():
                         "--config.train.lr=0.25"], cwd=ROOT, capture_output=True, text=True, check=True)
   resolved = json.loads(out.stdout)
   assert resolved["train"]["lr"] == 0.25 and resolved["student"] == "tiny:qwen3:nano:0"
+
+
+def test_every_stage_help_lists_config():
+  for tool in ("pipeline", "train", "pass_rate", "reference", "evaluate", "snr", "report"):
+    out = subprocess.run([sys.executable, "-m", f"paced_jax.tools.{tool}", "--help"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert "--config:" in out.stdout + out.stderr, tool

@@ -19,6 +19,8 @@ from absl import app, flags as absl_flags
 
 from paced_jax.tools import flags
 
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
+
 _TOPOLOGY = absl_flags.DEFINE_string("topology", None, "TPU slice to compile for: v5p-64, v5e-256, v6e-64, v4-32, "
                                      "or a libtpu name like v5p:2x4x4.")
 _PLATFORM = absl_flags.DEFINE_enum("platform", "auto", ["auto", "tpu", "cpu"],

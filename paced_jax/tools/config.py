@@ -16,6 +16,8 @@ from absl import app, flags as absl_flags
 from paced_jax import config as config_lib
 from paced_jax.tools import flags
 
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
+
 FIELDS = absl_flags.DEFINE_bool("fields", False, "List every field of the experiment config with its default and help.")
 
 

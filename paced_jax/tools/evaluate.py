@@ -19,6 +19,8 @@ from paced_jax.problems import records
 from paced_jax.evaluation import retain_sets
 from paced_jax.tools import flags
 
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
+
 TAG = absl_flags.DEFINE_string("tag", evaluate.BASELINE_TAG, "Results go to WORKDIR/eval/<tag>/.")
 MODEL_DIR = absl_flags.DEFINE_string("model_dir", None, "A Hugging Face model directory (default: the config's student).")
 

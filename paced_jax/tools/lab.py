@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 from absl import app, logging
+from absl import flags as absl_flags
 
 from paced_jax import config as config_lib
 from paced_jax.tools import flags
+
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
 
 STAGES = ("all", "bootstrap", "run", "report")
 

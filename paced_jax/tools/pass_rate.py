@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 from absl import app
+from absl import flags as absl_flags
 
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import loaded as loaded_model
 from paced_jax.evaluation import pass_rate
 from paced_jax.tools import flags
+
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
 
 
 def main(argv):

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from absl import app
+from absl import flags as absl_flags
 
 from paced_jax import pipeline
 from paced_jax.tools import flags
+
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
 
 
 def main(argv):

@@ -11,6 +11,8 @@ from absl import app, flags as absl_flags
 from paced_jax.analysis import report
 from paced_jax.tools import flags
 
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
+
 WORKDIR = absl_flags.DEFINE_string("workdir", None, "The run's workdir (default: the --config's workdir).")
 COMPARE = absl_flags.DEFINE_list("compare", [], "Other runs' workdirs: one row each in the comparison tables.")
 

@@ -17,6 +17,8 @@ from paced_jax.analysis import snr_stats
 from paced_jax.training import trainer
 from paced_jax.tools import flags
 
+absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
+
 TAG = absl_flags.DEFINE_string("tag", None, "Results go to WORKDIR/snr/<tag>/ (default: initial, or step<N>).")
 STEP = absl_flags.DEFINE_string("step", None, "'initial', 'latest' or a checkpoint step (default: config.snr.step).")
 NUM_PROBLEMS = absl_flags.DEFINE_integer("num_problems", None, "Cap on the problems measured; 0 = all.")
