@@ -9,6 +9,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from paced_jax.tools import flags as tool_flags
+
 from paced_jax.model import gguf as gguf_import
 
 _GGUF = flags.DEFINE_string(
@@ -31,4 +33,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main)

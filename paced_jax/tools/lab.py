@@ -24,7 +24,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   flags.enable_compilation_cache()
   if flags.CONFIG.value is None:
-    raise SystemExit("--config is required, e.g. --config=configs/lab.py:smoke")
+    raise config_lib.ConfigError("--config is required, e.g. --config=configs/lab.py:smoke")
   from paced_jax.lab import config as lab_config  # after flag parsing: these import jax
   from paced_jax.lab import report as lab_report
   from paced_jax.lab import runner as lab_runner
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main, positional=True)

@@ -13,6 +13,8 @@ import os
 from absl import app
 from absl import flags
 
+from paced_jax.tools import flags as tool_flags
+
 from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import builtin
@@ -52,4 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main)

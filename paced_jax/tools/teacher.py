@@ -13,6 +13,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from paced_jax.tools import flags as tool_flags
+
 from paced_jax.config import TeacherSignalConfig
 
 _DEFAULT = TeacherSignalConfig()  # the flags' defaults are the config's (config.teacher_signal)
@@ -79,4 +81,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main, positional=True)
