@@ -111,7 +111,9 @@ def _step_files(workdir: str, step: int) -> dict:
 
 def record_save(cfg: ExperimentConfig, mngr: ocp.CheckpointManager, step: int, offline: bool) -> None:
   """After a completed save: checksum the new step's files, forget deleted steps, rewrite the manifest."""
-  previous = read(cfg.workdir) or {"steps": {}}
+  # train() refused foreign checkpoints at its start; the first save has no manifest yet.
+  exists = os.path.exists(_manifest_path(cfg.workdir))
+  previous = artifacts.read_manifest(workspace.checkpoints_dir(cfg.workdir), KIND) if exists else {"steps": {}}
   kept = {str(s) for s in mngr.all_steps()}
   steps = {s: files for s, files in previous["steps"].items() if s in kept}
   steps[str(step)] = _step_files(cfg.workdir, step)
