@@ -66,11 +66,13 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: str) -> None:
-  """Delete atomic_open temporaries in `directory` whose writing process is gone (never a live one's)."""
+  """Delete atomic_open temporaries in `directory` whose writing process is gone (never a live one's).
+
+  Names without a pid come from versions before the pid was added: no live writer makes them now."""
   for name in os.listdir(directory):
     parts = name.split(".")
-    if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4 and parts[-3].isdigit():
-      if not _alive(int(parts[-3])):
+    if name.startswith(".") and name.endswith(".tmp"):
+      if not (len(parts) >= 4 and parts[-3].isdigit() and _alive(int(parts[-3]))):
         with contextlib.suppress(FileNotFoundError):
           os.unlink(os.path.join(directory, name))
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from paced_jax import artifacts, pipeline, workspace
+from paced_jax import artifacts, config as config_lib, pipeline, workspace
 from paced_jax.training import checkpoints, trainer
 import tiny_workspace
 from stage_fixtures import tiny_experiment
@@ -136,3 +136,43 @@ def test_foreign_checkpoints_without_a_manifest_are_refused(run):
     trainer.restore_params(cfg, student)
   with pytest.raises(checkpoints.CheckpointError, match="checkpoints without manifest.json"):
     trainer.check_resume(cfg)
+
+
+@pytest.mark.slow
+def test_extending_steps_reexports_and_reevaluates_the_new_step(tmp_path_factory, tmp_path):
+  workdir, _ = tiny_workspace.prepared(tmp_path_factory)
+  run = str(tmp_path / "w")
+  shutil.copytree(workdir, run)
+  cfg = tiny_experiment(run)
+  pipeline.run(cfg)
+  source = lambda d: artifacts.read_manifest(os.path.join(run, d), pipeline.EXPORT_KIND)["step"]
+  assert source("export") == 6
+  longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=9))
+  with pytest.warns(UserWarning, match="two-stage boundary"):
+    pipeline.run(longer)
+  assert source("export") == 9
+  final = artifacts.read_manifest(workspace.eval_dir(run, "final"), "eval")
+  assert "@step9:" in final["model_fingerprint"]
+  assert sorted(os.listdir(workspace.checkpoints_dir(run))) == ["6", "9", artifacts.MANIFEST]
+
+
+def test_diverging_training_stops_with_a_clear_error(trained, tmp_path):
+  workdir, student = trained
+  run = str(tmp_path / "w")
+  shutil.copytree(workdir, run)
+  shutil.rmtree(workspace.checkpoints_dir(run))
+  cfg = tiny_experiment(run, train__lr=1e6, train__max_skipped_in_a_row=1)
+  with pytest.warns(UserWarning, match="update skipped"), pytest.raises(trainer.Diverged, match="lower train.lr"):
+    trainer.train(cfg, student, student, progress=False)
+
+
+def test_seq_len_shorter_than_the_longest_prompt_is_refused_before_writing(trained, tmp_path):
+  workdir, student = trained
+  run = str(tmp_path / "w")
+  shutil.copytree(workdir, run)
+  shutil.rmtree(workspace.checkpoints_dir(run))
+  shutil.rmtree(workspace.metrics_dir(run))
+  cfg = tiny_experiment(run, train__seq_len=8)
+  with pytest.raises(config_lib.ConfigError, match="config.train.seq_len: 8 does not fit the longest student prompt"):
+    trainer.train(cfg, student, student, progress=False)
+  assert not os.path.exists(workspace.metrics_dir(run)) and not os.path.exists(workspace.checkpoints_dir(run))

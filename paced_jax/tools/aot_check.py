@@ -66,7 +66,7 @@ def main(argv):
     report = aot.compile_train_step(cfg, target, model=_MODEL.value, rows=_BATCH.value, seq_len=_SEQ_LEN.value,
                                     divergence=_DIVERGENCE.value)
   except (aot.AOTError, ValueError) as e:
-    raise SystemExit(f"aot_check: {e}") from None
+    flags.fail(f"aot_check: {e}")
   print(aot.format_report(report))
 
 

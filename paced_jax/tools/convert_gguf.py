@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     else:
       out = gguf_import.gguf_to_hf(_GGUF.value, _OUT.value or gguf_import.demo_model_dir())
   except (OSError, ValueError, gguf_import.DemoModelUnavailable) as e:  # the message names the file (and tensor)
-    raise SystemExit(f"convert_gguf: {e}") from None
+    tool_flags.fail(f"convert_gguf: {e}")
   print(out)
 
 

@@ -33,7 +33,7 @@ def main(argv):
     model = loaded_model.load(MODEL_DIR.value or cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
     result = evaluate.evaluate(cfg, model, tag=TAG.value)
   except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
-    raise SystemExit(f"evaluate: {e}") from None
+    flags.fail(f"evaluate: {e}")
   print(evaluate.format_table(result))
   print(f"results: {workspace.eval_dir(cfg.workdir, TAG.value)}")
 

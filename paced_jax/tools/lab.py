@@ -31,7 +31,7 @@ def main(argv):
   try:
     lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
   except (config_lib.ConfigError, ValueError) as e:
-    raise SystemExit(f"config error: {e}") from None
+    flags.fail(f"config error: {e}")
   if stage in ("all", "bootstrap", "run"):
     student, teacher = lab_runner.prepare_shared(lab)
     if stage != "bootstrap":

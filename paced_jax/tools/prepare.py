@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     directory = prepare_lib.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
                                  n_heldout=_N_HELDOUT.value, seed=_SEED.value, fields=fields)
   except ValueError as e:  # bad files and refused workspaces: the message says it all
-    raise SystemExit(f"prepare: {e}") from None
+    tool_flags.fail(f"prepare: {e}")
   counts = artifacts.read_manifest(directory, prepare_lib.KIND)["counts"]
   print(f"{directory} ({'reused' if existed else 'written'}): "
         + ", ".join(f"{split} {counts[split]}" for split in records.SPLITS))

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
   try:
     commands[argv[1]]()
   except ValueError as e:  # refused or broken inputs (ArtifactError included): the message says it all
-    raise SystemExit(f"teacher {argv[1]}: {e}") from None
+    tool_flags.fail(f"teacher {argv[1]}: {e}")
 
 
 if __name__ == "__main__":

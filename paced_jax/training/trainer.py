@@ -27,10 +27,11 @@ from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import pass_rate
 from paced_jax.model import tokenization
+from paced_jax.problems import prompts as prompts_lib
 from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
 from paced_jax.training import train_step as ts
-from paced_jax.config import ExperimentConfig
+from paced_jax.config import ConfigError, ExperimentConfig
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
@@ -103,6 +104,14 @@ def restore_params(cfg: ExperimentConfig, student: LoadedModel, step: int | None
   return step, restored["params"]
 
 
+def _check_seq_len(cfg: ExperimentConfig, student: LoadedModel, problems) -> None:
+  """Refuse a packed row too short for the longest student prompt plus one response token (it would train on nothing)."""
+  length, pid = max((len(prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts)), p.id) for p in problems)
+  if length + 1 > cfg.train.seq_len:
+    raise ConfigError(f"config.train.seq_len: {cfg.train.seq_len} does not fit the longest student prompt "
+                      f"({length} tokens, problem {pid!r}) plus one response token")
+
+
 class Diverged(artifacts.ArtifactError):
   """Too many non-finite steps in a row: the settings (usually train.lr) do not train this model."""
 
@@ -166,6 +175,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   if extended:
     print(f"continuing training with {', '.join(f'{k} = {v}' for k, v in ((k, _get(cfg, k)) for k in extended))}")
   data = training_data.weighted_problems(cfg)
+  _check_seq_len(cfg, student, data.problems)
   print(f"training on {data.summary()}")
   stages = {stage_of(cfg, s) for s in range(t.steps)}
   steps = {div: step_config(cfg, student, div, data.K + 1) for _, div in stages}
