@@ -10,6 +10,8 @@ import os
 import shutil
 import time
 
+import jax
+
 from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.evaluation import evaluate
@@ -51,7 +53,8 @@ def _drop_if_stale(directory: str, kind: str, expected: dict, resumable: bool = 
 def run(cfg: ExperimentConfig) -> str:
   """Run every stage of `cfg` in its workspace; returns the report's path."""
   tic = time.time()
-  artifacts.lock_workdir(cfg.workdir)
+  if jax.process_index() == 0:  # pod workers share the workdir; one lock holder stands for the run
+    artifacts.lock_workdir(cfg.workdir)
   trainer.check_resume(cfg)  # checkpoints of other settings are refused before anything is written
   artifacts.write_json(workspace.config_file(cfg.workdir), to_json(cfg))
   offline = trainer.uses_offline(cfg)

@@ -41,7 +41,8 @@ def test_in_range_settings_are_accepted():
   assert cfg.weights.alpha == 0.0 and cfg.pass_rate.sampling.num_samples == 4
 
 
-_HOLD = "import sys, time; from paced_jax import artifacts; artifacts.lock_workdir(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+_HOLD = ("import sys, time; from paced_jax import artifacts; artifacts.lock_workdir(sys.argv[1]); "
+         "print('held', flush=True); time.sleep(60)")
 
 
 def test_second_run_on_a_workdir_is_refused_with_the_holder(tmp_path):

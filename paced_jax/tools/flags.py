@@ -29,7 +29,8 @@ CONFIG = config_flags.DEFINE_config_file(
 # Mistakes in settings or inputs, not bugs: their messages say what to fix.
 USER_ERRORS = (config_lib.ConfigError, artifacts.ArtifactError, records.ProblemFileError, benchmarks.BenchmarkError,
                retain_sets.RetainFileError, model_config.ModelConfigError, safetensors_io.CheckpointError,
-               tokenization.TokenizerError, app.UsageError)
+               tokenization.TokenizerError, app.UsageError,
+               FileNotFoundError)  # stages raise it for a missing input (a model directory, an earlier stage)
 EXIT_USER_ERROR = 2
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import app, logging
 
-from paced_jax import config as config_lib
+from paced_jax import artifacts, config as config_lib
 from paced_jax.tools import flags
 
 STAGES = ("all", "bootstrap", "run", "report")
@@ -32,6 +32,7 @@ def main(argv):
     lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
   except (config_lib.ConfigError, ValueError) as e:
     flags.fail(f"config error: {e}")
+  artifacts.lock_workdir(lab.workdir)  # its run workspaces are inside: one lock covers them
   if stage in ("all", "bootstrap", "run"):
     student, teacher = lab_runner.prepare_shared(lab)
     if stage != "bootstrap":

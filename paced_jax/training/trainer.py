@@ -105,7 +105,7 @@ def restore_params(cfg: ExperimentConfig, student: LoadedModel, step: int | None
 
 
 def _check_seq_len(cfg: ExperimentConfig, student: LoadedModel, problems) -> None:
-  """Refuse a packed row too short for the longest student prompt plus one response token (it would train on nothing)."""
+  """Refuse rows too short for the longest student prompt plus one response token (they would train on nothing)."""
   length, pid = max((len(prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts)), p.id) for p in problems)
   if length + 1 > cfg.train.seq_len:
     raise ConfigError(f"config.train.seq_len: {cfg.train.seq_len} does not fit the longest student prompt "
