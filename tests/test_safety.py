@@ -105,14 +105,21 @@ def _cli(*args, workdir):
                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
 
 
+_slow = pytest.mark.slow  # ~10 s each (a process that imports jax); one case of each kind stays fast
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--config=configs/tiny.py", "--config.train.foo=1"], "--config.train.foo: config.train has no field 'foo'"),
-    (["--config=configs/tiny.py", "--config.train.lrr=1"], "did you mean 'lr'?"),
-    (["--config=configs/tinyy.py"], "--config: no such file configs/tinyy.py; did you mean 'tiny.py'?"),
-    (["--config=configs/tiny.py", "stray"], "unexpected argument(s) stray"),
+    (["--config=configs/tiny.py", "--config.train.lrr=1"], "--config.train.lrr: config.train has no field 'lrr'; "
+     "did you mean 'lr'?"),
+    pytest.param(["--config=configs/tiny.py", "--config.trian.lr=1"], "config has no field 'trian'; did you mean "
+                 "'train'?", marks=_slow),
+    pytest.param(["--config=configs/tinyy.py"], "--config: no such file configs/tinyy.py; did you mean 'tiny.py'?",
+                 marks=_slow),
+    pytest.param(["--config=configs/tiny.py", "stray"], "unexpected argument(s) stray", marks=_slow),
     (["--config=configs/tiny.py", "--config.pass_rate.sampling.num_samples=-1"],
      "config.pass_rate.sampling.num_samples: must be >= 1, got -1"),
-    (["--config=configs/tiny.py", "--config.train.seq_len=1"], "config.train.seq_len: must be >= 2, got 1")])
+    pytest.param(["--config=configs/tiny.py", "--config.train.seq_len=1"], "config.train.seq_len: must be >= 2, got 1",
+                 marks=_slow)])
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
   workdir = tmp_path / "w"
   r = _cli(*args, workdir=workdir)
