@@ -176,3 +176,12 @@ def test_seq_len_shorter_than_the_longest_prompt_is_refused_before_writing(train
   with pytest.raises(config_lib.ConfigError, match="config.train.seq_len: 8 does not fit the longest student prompt"):
     trainer.train(cfg, student, student, progress=False)
   assert not os.path.exists(workspace.metrics_dir(run)) and not os.path.exists(workspace.checkpoints_dir(run))
+
+
+def test_training_resumes_from_the_fallback_and_replaces_the_damaged_step(run):
+  cfg, student = run
+  _flip_byte(_largest_file(cfg.workdir, 6))
+  with pytest.warns(UserWarning, match="is damaged"):
+    trainer.train(cfg, student, student, progress=False)
+  m = artifacts.read_manifest(workspace.checkpoints_dir(cfg.workdir), checkpoints.KIND)
+  assert checkpoints.damage(cfg.workdir, m, 6) is None and trainer.restore_params(cfg, student)[0] == 6

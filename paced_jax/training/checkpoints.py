@@ -10,10 +10,13 @@ to the newest intact step.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from paced_jax import artifacts, workspace
 from paced_jax.config import ExperimentConfig, to_json
@@ -154,6 +157,24 @@ def restorable_step(workdir: str, mngr: ocp.CheckpointManager, manifest: dict | 
                   stacklevel=2)
   raise CheckpointError(f"{workspace.checkpoints_dir(workdir)}: every checkpoint is damaged (newest: "
                         f"{damage(workdir, manifest, steps[0])}); delete the directory to retrain")
+
+
+def set_aside_newer(workdir: str, mngr: ocp.CheckpointManager, step: int) -> None:
+  """Move the (damaged) steps newer than `step` out of checkpoints/, so that training can save them again.
+
+  Process 0 moves them; every process waits for it, then forgets them."""
+  newer = [s for s in mngr.all_steps() if s > step]
+  if not newer:
+    return
+  if jax.process_index() == 0:
+    for s in newer:
+      target = os.path.join(workspace.damaged_checkpoints_dir(workdir), f"{s}-{int(time.time())}")
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.rename(os.path.join(workspace.checkpoints_dir(workdir), str(s)), target)
+      warnings.warn(f"damaged checkpoint {s} moved to {target}", stacklevel=2)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("paced_jax.checkpoints.set_aside_newer")
+  mngr.reload()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

@@ -186,6 +186,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
 
   mngr = checkpoint_manager(cfg.workdir)
   start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
+  checkpoints.set_aside_newer(cfg.workdir, mngr, start)
   if start:
     state = ts.TrainState(**checkpoints.restore(mngr, start, _abstract(state._asdict(), sharding._asdict())))
     print(f"resumed from checkpoint at step {start}")
