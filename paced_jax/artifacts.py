@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -36,7 +37,8 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
   """Open a temporary sibling of `path`; on success fsync and rename it over `path`."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  # The pid in the name lets remove_stale_temporaries tell a killed run's leftovers from live files.
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp")
   umask = os.umask(0)
   os.umask(umask)
   os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are shared by pod workers
@@ -51,6 +53,56 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temporaries(directory: str) -> None:
+  """Delete atomic_open temporaries in `directory` whose writing process is gone (never a live one's).
+
+  Names without a pid come from versions before the pid was added: no live writer makes them now."""
+  for name in os.listdir(directory):
+    parts = name.split(".")
+    if name.startswith(".") and name.endswith(".tmp"):
+      if not (len(parts) >= 4 and parts[-3].isdigit() and _alive(int(parts[-3]))):
+        with contextlib.suppress(FileNotFoundError):
+          os.unlink(os.path.join(directory, name))
+
+
+LOCK_FILE = ".lock"
+_held: dict[str, int] = {}  # real path of a workdir -> the fd holding its lock (re-entrant within a process)
+
+
+def lock_workdir(workdir: str) -> None:
+  """Hold an advisory lock on `workdir` until this process exits (the OS releases it, even on a kill).
+
+  A second process is refused with the holder's pid and command line. Taking it again in the
+  same process is a no-op, so the pipeline and the stages it calls may each take it.
+  """
+  import fcntl  # deferred: POSIX only
+  os.makedirs(workdir, exist_ok=True)
+  key = os.path.realpath(workdir)
+  if key in _held:
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise ArtifactError(f"{workdir} is in use by another run ({holder}); wait for it or use another workdir") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode(), 0)
+  _held[key] = fd
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -122,9 +174,14 @@ def read_manifest(directory: str, kind: str) -> dict:
   return manifest
 
 
+def normal_json(x: Any) -> Any:
+  """`x` as it reads back from JSON (tuples become lists), for comparing with a manifest."""
+  return json.loads(json.dumps(x, sort_keys=True, default=_json_default))
+
+
 def expect_fields(manifest_path: str, manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
   """Refuse a manifest whose fields differ from what the reading stage expects; name both values."""
-  normal = lambda x: json.loads(json.dumps(x, sort_keys=True, default=_json_default))  # tuples == lists
+  normal = normal_json
   for key, want in expected.items():
     got = manifest.get(key)
     if normal(got) != normal(want):
@@ -176,6 +233,18 @@ def read_jsonl_checked(directory: str, filename: str, kind: str) -> list[dict]:
   return read_jsonl_lines(path)
 
 
-def read_jsonl_lines(path: str) -> list[dict]:
+def read_jsonl_lines(path: str, drop_torn_tail: bool = False) -> list[dict]:
+  """Records of a JSON-lines file; `drop_torn_tail` drops (with a warning) a last line a kill cut short."""
   with open(path) as f:
-    return [json.loads(line) for line in f]
+    lines = f.readlines()
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if drop_torn_tail and i == len(lines) - 1:
+        import warnings
+        warnings.warn(f"{path}: line {i + 1} is cut short (a killed run); dropped", stacklevel=2)
+        break
+      raise ArtifactError(f"{path}: line {i + 1}: invalid JSON ({e.msg})") from None
+  return out

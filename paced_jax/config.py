@@ -19,7 +19,29 @@ import ml_collections
 
 
 class ConfigError(ValueError):
-  """A config field is unknown or has the wrong type."""
+  """A config field is unknown, has the wrong type or is out of range (a user mistake, not a bug)."""
+
+
+class FieldError(ConfigError):
+  """A value out of range; `to_dataclass` prefixes `field` with the group's dotted path."""
+
+  def __init__(self, field: str, detail: str):
+    super().__init__(f"{field}: {detail}")
+    self.field, self.detail = field, detail
+
+
+def _require(obj: Any, **bounds: str) -> None:
+  """Check each named field against a bound like '>= 1', '> 0', '[0, 1]'."""
+  for name, bound in bounds.items():
+    v = getattr(obj, name)
+    if bound.startswith("["):
+      lo, hi = (float(x) for x in bound.strip("[]").split(","))
+      ok = lo <= v <= hi
+    else:
+      op, limit = bound.split()
+      ok = {">=": v >= float(limit), ">": v > float(limit)}[op]
+    if not ok:
+      raise FieldError(name, f"must be {'in ' if bound.startswith('[') else ''}{bound}, got {v!r}")
 
 
 STRATEGIES = ("boxed", "answer_line", "last_number")   # answer extraction (evaluation/verifier.py)
@@ -67,6 +89,12 @@ class SamplingConfig:
   chunk_steps: int = 16       # decode steps between host refills
   prompt_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
   seed: int = 0
+
+  def __post_init__(self):
+    # batch_rows 0 is compiled_part's normal form; the sampler rounds any other value up.
+    _require(self, num_samples=">= 1", max_new_tokens=">= 1", temperature=">= 0", top_p="> 0", top_k=">= 0",
+             batch_rows=">= 0", chunk_steps=">= 1")
+    _require(self, top_p="[0, 1]")
 
   def compiled_part(self) -> "SamplingConfig":
     """The settings the jitted functions see: host-only fields are normalised away, so stages
@@ -131,8 +159,7 @@ class WeightConfig:
       raise ValueError(f"unknown weight scheme {self.scheme!r}; expected one of {WEIGHT_SCHEMES}")
     if self.norm not in WEIGHT_NORMS:
       raise ValueError(f"unknown weight norm {self.norm!r}; expected one of {WEIGHT_NORMS}")
-    if self.alpha < 0 or self.beta < 0:
-      raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
+    _require(self, alpha=">= 0", beta=">= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +202,9 @@ class ProblemsConfig:
   field_answer: str = "answer"
   field_solution: str = "solution"
 
+  def __post_init__(self):
+    _require(self, n_train=">= 1", n_heldout=">= 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
@@ -207,6 +237,9 @@ class PassRateConfig:
   sampling: SamplingConfig = SamplingConfig()
   recompute_every: int = 0       # 0 = once, on the initial student
   keep_responses: int = 2        # responses kept per problem, for inspection
+
+  def __post_init__(self):
+    _require(self, recompute_every=">= 0", keep_responses=">= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +288,13 @@ class TrainConfig:
   rollout_sampling: SamplingConfig = SamplingConfig(num_samples=1, max_new_tokens=128)
   checkpoint_every: int = 50
   seed: int = 0
+  max_skipped_in_a_row: int = 3     # stop (diverged) after this many non-finite steps in a row
+
+  def __post_init__(self):
+    _require(self, steps=">= 1", batch_size=">= 1", rows_per_step=">= 0", micro_batches=">= 1", seq_len=">= 2",
+             lr="> 0", temperature="> 0", loss_chunk=">= 1", warmup_steps=">= 0", weight_decay=">= 0",
+             grad_clip="> 0", b1="[0, 1]", b2="[0, 1]", stage1_fraction="[0, 1]", checkpoint_every=">= 1",
+             max_skipped_in_a_row=">= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +385,12 @@ def to_dataclass(cls: type, value: Any, path: str = "config") -> Any:
     choices = _CHOICES.get(sub.removeprefix("config."))
     if choices and kwargs[name] not in choices:
       raise ConfigError(f"{sub}: {kwargs[name]!r} is not one of {', '.join(choices)}")
-  return cls(**kwargs)
+  try:
+    return cls(**kwargs)
+  except FieldError as e:
+    raise ConfigError(f"{path}.{e.field}: {e.detail}") from None
+  except ValueError as e:  # a group-level check (choices, combinations)
+    raise ConfigError(f"{path}: {e}") from None
 
 
 def to_config_dict(cfg: Any) -> ml_collections.ConfigDict:

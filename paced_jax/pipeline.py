@@ -7,7 +7,10 @@ same command finishes a killed pipeline.
 from __future__ import annotations
 
 import os
+import shutil
 import time
+
+import jax
 
 from paced_jax import workspace
 from paced_jax import artifacts
@@ -21,6 +24,7 @@ from paced_jax.teacher import reference
 from paced_jax.analysis import report
 from paced_jax.analysis import snr
 from paced_jax.teacher import stage as teacher_stage
+from paced_jax.training import checkpoints
 from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
 
@@ -29,12 +33,31 @@ def _banner(i: int, n: int, name: str) -> None:
   print(f"\n=== [{i}/{n}] {name} ===", flush=True)
 
 
+EXPORT_KIND = "export"
+
+
+def _drop_if_stale(directory: str, kind: str, expected: dict, resumable: bool = False) -> None:
+  """Remove an artifact made from another checkpoint (or, unless `resumable`, never finished) to make it again."""
+  if not os.path.exists(directory) or (resumable and not os.path.exists(os.path.join(directory, artifacts.MANIFEST))):
+    return
+  try:
+    manifest = artifacts.read_manifest(directory, kind)
+    stale = any(manifest.get(k) != v for k, v in expected.items())
+  except artifacts.ArtifactError:
+    stale = True
+  if stale:
+    print(f"{directory}: made from another checkpoint; redoing it")
+    shutil.rmtree(directory)
+
+
 def run(cfg: ExperimentConfig) -> str:
   """Run every stage of `cfg` in its workspace; returns the report's path."""
   tic = time.time()
-  os.makedirs(cfg.workdir, exist_ok=True)
+  if jax.process_index() == 0:  # pod workers share the workdir; one lock holder stands for the run
+    artifacts.lock_workdir(cfg.workdir)
+  trainer.check_resume(cfg)  # checkpoints of other settings are refused before anything is written
   artifacts.write_json(workspace.config_file(cfg.workdir), to_json(cfg))
-  offline = any(trainer.stage_of(cfg, s)[0] == "offline" for s in range(cfg.train.steps))
+  offline = trainer.uses_offline(cfg)
   stages = ["prepare problems", "load models", "pass rates"] + (["references + teacher signal"] if offline else []) + [
       "evaluate initial student", "train", "evaluate trained student", "report"]
   n = len(stages)
@@ -70,11 +93,16 @@ def run(cfg: ExperimentConfig) -> str:
   if cfg.run_snr and cfg.snr.step >= 0:
     snr.run(cfg, student, teacher)  # snr/step<N>/
   trained_step, params = trainer.restore_params(cfg, student)
-  final = evaluate.evaluate(cfg, student, params=params, tag="final",
-                            fingerprint=f"{student.fingerprint}@step{trained_step}")
+  source = {"step": trained_step, "checkpoint": checkpoints.fingerprint(cfg.workdir, trained_step)}
+  fingerprint = f"{student.fingerprint}@step{trained_step}:{source['checkpoint']}"
+  final_dir = workspace.eval_dir(cfg.workdir, "final")
+  _drop_if_stale(final_dir, evaluate.KIND, {"model_fingerprint": fingerprint}, resumable=True)
+  final = evaluate.evaluate(cfg, student, params=params, tag="final", fingerprint=fingerprint)
   export_dir = workspace.export_dir(cfg.workdir)
-  if not os.path.exists(os.path.join(export_dir, "config.json")):
+  _drop_if_stale(export_dir, EXPORT_KIND, source)
+  if not os.path.exists(os.path.join(export_dir, artifacts.MANIFEST)):
     hf_checkpoint.export_hf(params, student.cfg, export_dir, tokenizer_dir=student.model_dir)
+    artifacts.write_manifest(export_dir, EXPORT_KIND, **source)  # last: marks the export complete
 
   _banner(next(step), n, "report")
   path = report.build_report(cfg.workdir)

@@ -38,6 +38,11 @@ def checkpoints_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def damaged_checkpoints_dir(workdir: str) -> str:
+  """Checkpoints that failed verification, kept for inspection when training continues from an older one."""
+  return os.path.join(workdir, "checkpoints.damaged")
+
+
 def metrics_dir(workdir: str) -> str:
   return os.path.join(workdir, "metrics")
 

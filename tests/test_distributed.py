@@ -142,7 +142,7 @@ def test_tiny_training_two_processes_match_one(tmp_path_factory, tmp_path):
       assert a[key] == b[key], (a["step"], key, a[key], b[key])
     for key in ("loss", "fkl", "rkl", "grad_norm"):
       np.testing.assert_allclose(b[key], a[key], rtol=2e-4, atol=1e-7, err_msg=f"step {a['step']} {key}")
-  assert sorted(os.listdir(os.path.join(runs["two"], "checkpoints"))) == ["2", "4"]
+  assert sorted(os.listdir(os.path.join(runs["two"], "checkpoints"))) == ["2", "4", "manifest.json"]
 
   initial = jax.tree.map(np.asarray, nnx.to_pure_dict(student.params))
   params = {}

@@ -315,7 +315,7 @@ def test_prepare_tool(tmp_path):
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert out.strip() == f"{tmp_path}/problems (written): train 12, heldout 4"
   bad = subprocess.run(cmd[:-1] + ["--n_heldout=5"], cwd=REPO, capture_output=True, text=True)
-  assert bad.returncode == 1 and "field 'n_heldout' is 4 but this run expects 5" in bad.stderr
+  assert bad.returncode == 2 and "field 'n_heldout' is 4 but this run expects 5" in bad.stderr
 
 
 def test_teacher_context_solution_falls_back_to_the_answer_with_one_warning():

@@ -140,7 +140,7 @@ def test_corrupted_shard_is_refused(store_dir, tmp_path):
     teacher_store.TeacherStore(directory, verify="open")
   result = subprocess.run([sys.executable, "-m", "paced_jax.tools.teacher", "verify", f"--dir={directory}"],
                           cwd=REPO, capture_output=True, text=True)
-  assert result.returncode == 1 and "shard-00001.bin: sha256" in result.stderr
+  assert result.returncode == 2 and "shard-00001.bin: sha256" in result.stderr
 
 
 @pytest.mark.parametrize("name,cut,match", [

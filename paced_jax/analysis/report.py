@@ -350,6 +350,10 @@ def build_report(workdir: str, *, compare: Sequence[str] = ()) -> str:
   w = _Writer(out)
   w.add(f"# PACED run report: {run.name}", "", f"Workdir `{os.path.abspath(workdir)}`"
         + (f"; compared with {', '.join(f'`{r.workdir}`' for r in others)}." if others else "."))
+  if run.metrics:  # skipped updates belong in the summary: a run that skipped many did not train as configured
+    skipped = int(sum(r.get("skipped") or 0 for r in run.metrics))
+    w.add("", f"{'**Warning:** ' if skipped else ''}{skipped} of {len(run.metrics)} training updates skipped "
+          "(non-finite loss or gradients, or no weight in the batch).")
   _config_section(w, run)
   hist = _pass_rate_section(w, run)
   _weights_section(w, run, hist)

@@ -41,7 +41,13 @@ def _splits(source: str, n_train: int | None, n_heldout: int, seed: int,
     name = source[len(builtin.PREFIX):]
     return {"train": builtin.generate(name, n_train, seed, "train"),
             "heldout": builtin.generate(name, n_heldout, seed, "heldout")}
-  problems = load_problem_file(source, fields)
+  try:
+    problems = load_problem_file(source, fields)
+  except UnicodeDecodeError as e:
+    raise ProblemFileError(f"{source}: {_utf8_position(source, e.start)}: byte {e.object[e.start:e.start + 1]!r} "
+                           "is not UTF-8 (problem files must be UTF-8)") from None
+  if not problems:
+    raise ProblemFileError(f"{source}: no problems in the file")
   want = n_heldout + (n_train if n_train is not None else 0)
   if want > len(problems):
     raise ValueError(f"{source}: has {len(problems)} problems, fewer than n_heldout={n_heldout} "
@@ -51,6 +57,17 @@ def _splits(source: str, n_train: int | None, n_heldout: int, seed: int,
   heldout = sorted(order[:n_heldout])  # keep file order inside each split
   train = sorted(order[n_heldout:] if n_train is None else order[n_heldout:n_heldout + n_train])
   return {"train": [problems[i] for i in train], "heldout": [problems[i] for i in heldout]}
+
+
+def _utf8_position(path: str, start: int) -> str:
+  """'line L' of the first byte that is not UTF-8 (the decoder's offset may be within a chunk, so rescan)."""
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError:
+        return f"line {number}"
+  return f"byte {start}"
 
 
 def _verify(directory: str, manifest: dict, splits: tuple[str, ...]) -> None:
@@ -90,9 +107,7 @@ def prepare(workdir: str, source: str, *, n_train: int | None = None, n_heldout:
 
   splits = _splits(source, n_train, n_heldout, seed, fields)
   os.makedirs(directory, exist_ok=True)
-  for name in os.listdir(directory):  # temporaries a killed run left behind
-    if name.startswith(".") and name.endswith(".tmp"):
-      os.unlink(os.path.join(directory, name))
+  artifacts.remove_stale_temporaries(directory)  # a killed run's, never a live process's
   checksums = {}
   for split, problems in splits.items():
     path = os.path.join(directory, split + ".jsonl")

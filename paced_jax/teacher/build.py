@@ -8,7 +8,6 @@ renamed into place whole), redoes the rest, and ends byte-identical to an uninte
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -144,8 +143,7 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
   elif writer:
     artifacts.write_json(build_path, {**identity, "problems_per_shard": P})
   if writer:
-    for stale in glob.glob(os.path.join(directory, ".*.tmp")):  # a killed run's temporary files
-      os.unlink(stale)
+    artifacts.remove_stale_temporaries(directory)  # a killed run's, never a live process's
 
   shards, index_lines, batches = [], [], 0
   bar = tqdm.tqdm(total=len(items), desc="teacher signal", unit="problem", disable=not (progress and writer))

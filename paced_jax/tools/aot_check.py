@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags as absl_flags
+from absl import flags as absl_flags
 
 from paced_jax.tools import flags
 
@@ -68,9 +68,9 @@ def main(argv):
     report = aot.compile_train_step(cfg, target, model=_MODEL.value, rows=_BATCH.value, seq_len=_SEQ_LEN.value,
                                     divergence=_DIVERGENCE.value)
   except (aot.AOTError, ValueError) as e:
-    raise SystemExit(f"aot_check: {e}") from None
+    flags.fail(f"aot_check: {e}")
   print(aot.format_report(report))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

@@ -11,7 +11,7 @@ import io
 import json
 import tokenize
 
-from absl import app, flags as absl_flags
+from absl import flags as absl_flags
 
 from paced_jax import config as config_lib
 from paced_jax.tools import flags
@@ -50,14 +50,13 @@ def rows(cls=config_lib.ExperimentConfig, prefix: str = "", helps=None):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if FIELDS.value:
     for name, default, text in rows():
       print(f"{name} = {json.dumps(default, default=str)}" + (f"    # {text}" if text else ""))
     return
-  print(json.dumps(config_lib.to_json(flags.experiment()), indent=2, default=str))
+  print(json.dumps(config_lib.to_json(flags.resolved_config()), indent=2, default=str))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

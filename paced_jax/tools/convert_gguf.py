@@ -9,6 +9,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from paced_jax.tools import flags as tool_flags
+
 from paced_jax.model import gguf as gguf_import
 
 _GGUF = flags.DEFINE_string(
@@ -26,9 +28,9 @@ def main(argv: list[str]) -> None:
     else:
       out = gguf_import.gguf_to_hf(_GGUF.value, _OUT.value or gguf_import.demo_model_dir())
   except (OSError, ValueError, gguf_import.DemoModelUnavailable) as e:  # the message names the file (and tensor)
-    raise SystemExit(f"convert_gguf: {e}") from None
+    tool_flags.fail(f"convert_gguf: {e}")
   print(out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags as absl_flags
+from absl import flags as absl_flags
 
 from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
@@ -35,10 +35,10 @@ def main(argv):
     model = loaded_model.load(MODEL_DIR.value or cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
     result = evaluate.evaluate(cfg, model, tag=TAG.value)
   except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
-    raise SystemExit(f"evaluate: {e}") from None
+    flags.fail(f"evaluate: {e}")
   print(evaluate.format_table(result))
   print(f"results: {workspace.eval_dir(cfg.workdir, TAG.value)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, logging
 from absl import flags as absl_flags
 
-from paced_jax import config as config_lib
+from paced_jax import artifacts, config as config_lib
 from paced_jax.tools import flags
 
 absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
@@ -27,14 +27,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   flags.enable_compilation_cache()
   if flags.CONFIG.value is None:
-    raise SystemExit("--config is required, e.g. --config=configs/lab.py:smoke")
+    raise config_lib.ConfigError("--config is required, e.g. --config=configs/lab.py:smoke")
   from paced_jax.lab import config as lab_config  # after flag parsing: these import jax
   from paced_jax.lab import report as lab_report
   from paced_jax.lab import runner as lab_runner
   try:
     lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
   except (config_lib.ConfigError, ValueError) as e:
-    raise SystemExit(f"config error: {e}") from None
+    flags.fail(f"config error: {e}")
+  artifacts.lock_workdir(lab.workdir)  # its run workspaces are inside: one lock covers them
   if stage in ("all", "bootstrap", "run"):
     student, teacher = lab_runner.prepare_shared(lab)
     if stage != "bootstrap":
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main, positional=True)

@@ -18,6 +18,7 @@ from paced_jax.config import ProblemsConfig
 from paced_jax.problems import builtin
 from paced_jax.problems import prepare as prepare_lib
 from paced_jax.problems import records
+from paced_jax.tools import flags as tool_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace directory.", required=True)
 _SOURCE = flags.DEFINE_string(
@@ -47,11 +48,11 @@ def main(argv: list[str]) -> None:
     directory = prepare_lib.prepare(_WORKDIR.value, _SOURCE.value, n_train=_N_TRAIN.value,
                                  n_heldout=_N_HELDOUT.value, seed=_SEED.value, fields=fields)
   except ValueError as e:  # bad files and refused workspaces: the message says it all
-    raise SystemExit(f"prepare: {e}") from None
+    tool_flags.fail(f"prepare: {e}")
   counts = artifacts.read_manifest(directory, prepare_lib.KIND)["counts"]
   print(f"{directory} ({'reused' if existed else 'written'}): "
         + ", ".join(f"{split} {counts[split]}" for split in records.SPLITS))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main)

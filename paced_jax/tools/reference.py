@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from absl import app
 from absl import flags as absl_flags
 
 from paced_jax import mesh as mesh_lib
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags as absl_flags
+from absl import flags as absl_flags
 
 from paced_jax.analysis import report
 from paced_jax.tools import flags
@@ -24,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags as absl_flags
+from absl import flags as absl_flags
 
 from paced_jax import artifacts
 from paced_jax.model import loaded as loaded_model
@@ -41,14 +41,14 @@ def main(argv):
     with trainer.checkpoint_manager(cfg.workdir) as mngr:
       step = mngr.latest_step()
     if step is None:
-      raise SystemExit(f"snr: {cfg.workdir}/checkpoints: no checkpoint to restore")
+      flags.fail(f"snr: {cfg.workdir}/checkpoints: no checkpoint to restore")
   try:
     directory = snr.run(cfg, student, teacher, tag=TAG.value, step=None if step is None else int(step),
                         num_problems=NUM_PROBLEMS.value, equal_n=EQUAL_N.value, dim=DIM.value,
                         param_regex=PARAM_REGEX.value, seed=SEED.value, resamples=RESAMPLES.value,
                         confidence=CONFIDENCE.value, source=SOURCE.value, vmap_rows=VMAP_ROWS.value)
   except (artifacts.ArtifactError, FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"snr: {e}") from None
+    flags.fail(f"snr: {e}")
   rows = snr_stats.read_csv(f"{directory}/snr.csv")
   for row in rows:
     print("  ".join(f"{k}={row[k]}" for k in ("p", "n", "snr", "noise_floor", "rho", "rho_lo", "rho_hi", "w")))
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags.run(main)

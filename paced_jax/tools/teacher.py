@@ -13,6 +13,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from paced_jax.tools import flags as tool_flags
+
 from paced_jax.config import TeacherSignalConfig
 
 _DEFAULT = TeacherSignalConfig()  # the flags' defaults are the config's (config.teacher_signal)
@@ -75,8 +77,8 @@ def main(argv: list[str]) -> None:
   try:
     commands[argv[1]]()
   except ValueError as e:  # refused or broken inputs (ArtifactError included): the message says it all
-    raise SystemExit(f"teacher {argv[1]}: {e}") from None
+    tool_flags.fail(f"teacher {argv[1]}: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool_flags.run(main, positional=True)

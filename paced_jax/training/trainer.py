@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +27,11 @@ from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import pass_rate
 from paced_jax.model import tokenization
+from paced_jax.problems import prompts as prompts_lib
+from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
 from paced_jax.training import train_step as ts
-from paced_jax.config import ExperimentConfig
+from paced_jax.config import ConfigError, ExperimentConfig
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
@@ -48,9 +51,24 @@ def step_config(cfg: ExperimentConfig, student: LoadedModel, divergence: str, nu
                         num_pass_buckets=num_pass_buckets)
 
 
-def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(workspace.checkpoints_dir(workdir)),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+checkpoint_manager = checkpoints.manager
+
+
+def uses_offline(cfg: ExperimentConfig) -> bool:
+  return any(stage_of(cfg, s)[0] == "offline" for s in range(cfg.train.steps))
+
+
+def check_resume(cfg: ExperimentConfig) -> list[str]:
+  """Refuse (CheckpointError) checkpoints made with other settings or inputs; returns the extended fields.
+
+  Writes nothing: the pipeline calls it before its first write."""
+  manifest = checkpoints.read(cfg.workdir)
+  extended = [] if manifest is None else checkpoints.check_settings(cfg, manifest, uses_offline(cfg))
+  if "train.steps" in extended and (cfg.train.schedule != "constant" or cfg.track == "two_stage"):
+    # Not refused (continuing is what was asked for), but not what a fresh run of that length would do.
+    warnings.warn(f"train.steps extended: the {cfg.train.schedule} schedule / two-stage boundary of the steps already "
+                  "taken followed the old length; a fresh run of the new length would differ", stacklevel=2)
+  return extended
 
 
 def _abstract(tree, shardings):
@@ -73,12 +91,29 @@ def restore_params(cfg: ExperimentConfig, student: LoadedModel, step: int | None
   """(step, trained parameters as a pure dict) of the latest or a given checkpoint."""
   scfg = step_config(cfg, student, "fkl", 2)
   state, sharding = _state_and_sharding(cfg, student, scfg, abstract=True)
+  manifest = checkpoints.read(cfg.workdir)
   with checkpoint_manager(cfg.workdir) as mngr:
-    step = mngr.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{cfg.workdir}/checkpoints: no checkpoint to restore")
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(state._asdict(), sharding._asdict())))
+      step = checkpoints.restorable_step(cfg.workdir, mngr, manifest)
+    elif manifest is None or (bad := checkpoints.damage(cfg.workdir, manifest, step)):
+      raise checkpoints.CheckpointError(f"{workspace.checkpoints_dir(cfg.workdir)}: checkpoint {step} is missing or "
+                                        f"damaged ({'no manifest' if manifest is None else bad})")
+    if step is None:
+      raise checkpoints.CheckpointError(f"{workspace.checkpoints_dir(cfg.workdir)}: no checkpoint to restore")
+    restored = checkpoints.restore(mngr, step, _abstract(state._asdict(), sharding._asdict()))
   return step, restored["params"]
+
+
+def _check_seq_len(cfg: ExperimentConfig, student: LoadedModel, problems) -> None:
+  """Refuse rows too short for the longest student prompt plus one response token (they would train on nothing)."""
+  length, pid = max((len(prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts)), p.id) for p in problems)
+  if length + 1 > cfg.train.seq_len:
+    raise ConfigError(f"config.train.seq_len: {cfg.train.seq_len} does not fit the longest student prompt "
+                      f"({length} tokens, problem {pid!r}) plus one response token")
+
+
+class Diverged(artifacts.ArtifactError):
+  """Too many non-finite steps in a row: the settings (usually train.lr) do not train this model."""
 
 
 class _Termination:
@@ -104,7 +139,9 @@ class MetricsLog:
       return  # the workspace is shared: a second writer's rewrite would orphan process 0's open file
     os.makedirs(workspace.metrics_dir(workdir), exist_ok=True)
     self.path = workspace.train_metrics_file(workdir)
-    kept = [r for r in artifacts.read_jsonl_lines(self.path) if r["step"] <= start_step] if os.path.exists(self.path) else []
+    kept = []
+    if os.path.exists(self.path):  # a kill may have cut the last line short
+      kept = [r for r in artifacts.read_jsonl_lines(self.path, drop_torn_tail=True) if r["step"] <= start_step]
     with artifacts.atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(self.path, "a")
@@ -134,7 +171,11 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM."""
   t = cfg.train
   mesh = student.mesh
+  extended = check_resume(cfg)
+  if extended:
+    print(f"continuing training with {', '.join(f'{k} = {v}' for k, v in ((k, _get(cfg, k)) for k in extended))}")
   data = training_data.weighted_problems(cfg)
+  _check_seq_len(cfg, student, data.problems)
   print(f"training on {data.summary()}")
   stages = {stage_of(cfg, s) for s in range(t.steps)}
   steps = {div: step_config(cfg, student, div, data.K + 1) for _, div in stages}
@@ -144,10 +185,10 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   batch_sharding = ts.Batch.shardings(mesh)
 
   mngr = checkpoint_manager(cfg.workdir)
-  start = mngr.latest_step() or 0
+  start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
+  checkpoints.set_aside_newer(cfg.workdir, mngr, start)
   if start:
-    restored = mngr.restore(start, args=ocp.args.StandardRestore(_abstract(state._asdict(), sharding._asdict())))
-    state = ts.TrainState(**restored)
+    state = ts.TrainState(**checkpoints.restore(mngr, start, _abstract(state._asdict(), sharding._asdict())))
     print(f"resumed from checkpoint at step {start}")
   offline = training_data.load_offline(cfg, teacher) if any(src == "offline" for src, _ in stages) else None
   teacher_params = teacher.params  # frozen: the initial student in self-distillation
@@ -156,6 +197,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)
   bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index() > 0)
+  skipped_in_a_row = 0
   try:
     for s in range(start, t.steps):
       tic = time.perf_counter()
@@ -176,12 +218,22 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
                 "tokens_per_s": float(m["tokens"]) / seconds, "dropped_sequences": dropped,
                 "generated_tokens": generated, "lr": float(ts.learning_rate(steps[div])(s)), **_plain(m)}
       log.write(record)
+      skipped_in_a_row = skipped_in_a_row + 1 if record["skipped"] else 0
+      if skipped_in_a_row:
+        warnings.warn(f"step {s + 1}: non-finite loss or gradients (or no weight in the batch); update skipped "
+                      f"({skipped_in_a_row} in a row)", stacklevel=1)
+      if skipped_in_a_row >= t.max_skipped_in_a_row:
+        raise Diverged(f"training diverged: {skipped_in_a_row} updates in a row skipped up to step {s + 1} "
+                       f"(train.max_skipped_in_a_row = {t.max_skipped_in_a_row}); lower train.lr (now {t.lr}) "
+                       "and resume from the last checkpoint")
       bar.update(1)
       bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", stage=source)
       done = s + 1
       if done % t.checkpoint_every == 0 or done == t.steps or term.requested:
         mngr.save(done, args=ocp.args.StandardSave(state._asdict()), force=True)
         mngr.wait_until_finished()
+        if jax.process_index() == 0:
+          checkpoints.record_save(cfg, mngr, done, uses_offline(cfg))
       if term.requested:
         print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
         raise SystemExit(143)
@@ -196,6 +248,12 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
     term.restore()
     mngr.close()
   return t.steps
+
+
+def _get(cfg, dotted: str):
+  for name in dotted.split("."):
+    cfg = getattr(cfg, name)
+  return cfg
 
 
 def _plain(metrics: dict) -> dict:
