@@ -334,8 +334,8 @@ class Sampler:
       if take:
         state = self._refill(cfg, state, take, Pb, owner, prompts, keys)
       state = self._decode_chunk(cfg.compiled_part(), window, self.params, state)
-      active, gen_len, next_slot, out = map(mesh_lib.to_host, (state.active_B, state.gen_len_B, state.next_slot_B,
-                                                               state.out_BN))
+      active, gen_len, next_slot, out = (np.array(mesh_lib.to_host(x)) for x in (
+          state.active_B, state.gen_len_B, state.next_slot_B, state.out_BN))
       for r in range(rows):
         if owner[r] is not None and not active[r]:
           i, k = owner[r]
