@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import decoder as model_lib
@@ -95,6 +95,28 @@ def decoding_params(params: dict, dtype: str | None = None) -> dict:
   if dtype is None:
     return out
   return jax.tree_util.tree_map_with_path(lambda path, x: x.astype(dtype) if _is_matrix(path) else x, out)
+
+
+def _without_batch_axes(entry):
+  if isinstance(entry, tuple):
+    return tuple(a for a in entry if a not in mesh_lib.BATCH_AXES) or None
+  return None if entry in mesh_lib.BATCH_AXES else entry
+
+
+def decoding_specs(param_specs: dict, num_layers: int) -> dict:
+  """The PartitionSpecs of `decoding_params`' output, from those of its (stacked) input."""
+  is_spec = lambda x: isinstance(x, P)
+  layer = jax.tree.map(lambda s: P(*tuple(s)[1:]), param_specs["layers"], is_leaf=is_spec)
+  embed = tuple(param_specs["embed_tokens"]) + (None,) * (2 - len(param_specs["embed_tokens"]))
+  return {"embed_VD": param_specs["embed_tokens"], "layers": [layer] * num_layers, "norm_D": param_specs["norm"]["weight"],
+          "lm_head_DV": param_specs.get("lm_head") or P(*embed[::-1])}
+
+
+def decoding_shardings(specs: dict, mesh: Mesh, replicate_batch: bool) -> dict:
+  """NamedShardings for decoding weights with PartitionSpecs `specs`: as they are, or without the
+  batch axes when `replicate_batch`."""
+  shard = lambda spec: NamedSharding(mesh, P(*(map(_without_batch_axes, spec) if replicate_batch else spec)))
+  return jax.tree.map(shard, specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def _run_layers(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, mask_BTS, read=None, write=None):

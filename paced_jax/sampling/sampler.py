@@ -157,13 +157,26 @@ class Sampler:
   """Generates from one model on one mesh; compiled functions are cached per shape."""
 
   def __init__(self, model_cfg: ModelConfig, params, mesh: Mesh, *, stop_ids: Sequence[int],
-               valid_vocab: int, pad_id: int = 0):
-    """`params`: the decoder's weights (nnx.State or its pure dict). The sampler decodes from its
+               valid_vocab: int, pad_id: int = 0, replicate_weights: bool = False):
+    """`params`: the decoder's weights (nnx.State or its pure dict; ShapeDtypeStructs with
+    shardings give an abstract sampler, for ahead-of-time compiles). The sampler decodes from its
     own copy of them in the decoding layout (decoding.py), in the compute dtype: a second copy of
-    the model (half its size in bf16 when the master weights are float32)."""
+    the model (half its size in bf16 when the master weights are float32). `replicate_weights`
+    keeps that copy whole on every batch-axis device (split over `tensor` only): a decode step then
+    gathers no weights, at the cost of the copy's memory."""
     self.model_cfg = model_cfg
-    self.params = decoding.decoding_params(nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params,
-                                           dtype=model_cfg.compute_dtype)
+    pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    to_decoding = functools.partial(decoding.decoding_params, dtype=model_cfg.compute_dtype)
+    spec = lambda x: x.sharding.spec
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(pure)):
+      shapes = jax.eval_shape(to_decoding, pure)
+      specs = decoding.decoding_specs(jax.tree.map(spec, pure), model_cfg.num_layers)
+      self.params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                                 decoding.decoding_shardings(specs, mesh, replicate_weights))
+    else:
+      self.params = to_decoding(pure)
+      if replicate_weights:
+        self.params = jax.device_put(self.params, decoding.decoding_shardings(jax.tree.map(spec, self.params), mesh, True))
     self.mesh = mesh
     self.stop_ids = tuple(int(i) for i in stop_ids)
     self.valid_vocab = int(valid_vocab)
@@ -179,7 +192,7 @@ class Sampler:
   # The jitted methods take `self` as a static argument: samplers with equal static settings
   # (new params for the same model, say) share compiled code instead of recompiling.
   def _static_key(self):
-    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)
+    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)  # params' shardings: traced
 
   def __hash__(self):
     return hash(self._static_key())
@@ -207,15 +220,24 @@ class Sampler:
   def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
     """A state with a dense cache of `slots` slots per row, or with `pages` > 0 a paged cache
     (`pages` per batch-axis device, `slots` a multiple of cfg.page_size)."""
+    state = self._zero_state(rows, slots, cfg, pages)
+    return jax.device_put(state, self._state_shardings(state))
+
+  def abstract_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
+    """`_initial_state` as ShapeDtypeStructs with their shardings (nothing allocated)."""
+    shapes = jax.eval_shape(lambda: self._zero_state(rows, slots, cfg, pages))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        self._state_shardings(shapes))
+
+  def _zero_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int) -> DecodeState:
     zeros = lambda: np.zeros((rows,), np.int32)  # distinct buffers: the state is donated
     if pages:
       cache = decoding.PagedKVCache.zeros(self.model_cfg, rows, pages * self.row_multiple, cfg.page_size,
                                           slots // cfg.page_size, self.row_multiple)
     else:
       cache = decoding.KVCache.zeros(self.model_cfg, rows, slots)
-    state = DecodeState(cache, zeros(), zeros(), zeros(), zeros(), np.zeros((rows,), bool), zeros(),
-                        np.zeros((rows, cfg.max_new_tokens), np.int32))
-    return jax.device_put(state, self._state_shardings(state))
+    return DecodeState(cache, zeros(), zeros(), zeros(), zeros(), np.zeros((rows,), bool), zeros(),
+                       np.zeros((rows, cfg.max_new_tokens), np.int32))
 
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
   def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):

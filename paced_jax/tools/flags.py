@@ -23,7 +23,9 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def experiment() -> config_lib.ExperimentConfig:
+def experiment(distributed: bool = True) -> config_lib.ExperimentConfig:
+  """The --config experiment; joins a multi-process run (mesh.distributed) unless `distributed` is
+  False (tools that only compile, e.g. for a TPU topology, run as one process)."""
   logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) off the progress bars
   enable_compilation_cache()
   if CONFIG.value is None:
@@ -33,6 +35,7 @@ def experiment() -> config_lib.ExperimentConfig:
   except config_lib.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
   # Before the stage touches any device: a stage that builds its own mesh still joins the run.
-  from paced_jax import mesh as mesh_lib
-  mesh_lib.initialize_distributed(cfg.mesh)
+  if distributed:
+    from paced_jax import mesh as mesh_lib
+    mesh_lib.initialize_distributed(cfg.mesh)
   return cfg
