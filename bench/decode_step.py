@@ -40,7 +40,8 @@ def main(argv):
 
   cfg, _, params, mesh = common.load_paced(common.demo_model_dir())
   sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)
-  print(f"# decode step, SmolLM2-135M float32, {FLAGS.kv_cache} cache {FLAGS.slots} slots, {FLAGS.steps} steps per chunk; "
+  print(f"# decode step, SmolLM2-135M float32, {FLAGS.kv_cache} cache {FLAGS.slots} slots, "
+        f"{FLAGS.steps} steps per chunk; "
         f"jax {jax.__version__}, load average {common.load()}")
   rows_out = []
   for rows in map(int, FLAGS.rows):

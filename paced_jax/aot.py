@@ -384,7 +384,8 @@ def compile_decode_step(cfg: ExperimentConfig, target: Target, *, model: str | N
   if replicate_weights is None:
     whole = param_count(mcfg) * jnp.dtype(mcfg.compute_dtype).itemsize / mesh.shape["tensor"]
     replicate_weights = bool(target.hbm_bytes and whole <= target.hbm_bytes / 4)
-  sampler = sampler_lib.Sampler(mcfg, params, mesh, stop_ids=(0,), valid_vocab=min(mcfg.vocab_size, tokenizer_vocab or mcfg.vocab_size),
+  valid_vocab = min(mcfg.vocab_size, tokenizer_vocab or mcfg.vocab_size)
+  sampler = sampler_lib.Sampler(mcfg, params, mesh, stop_ids=(0,), valid_vocab=valid_vocab,
                                 replicate_weights=replicate_weights)
   rows = sampler.rows(sc, 1 << 30)
   slots, pages = sampler._bucket(prompt_len, sc) + sc.max_new_tokens, 0
@@ -430,5 +431,6 @@ def format_decode_report(r: DecodeReport) -> str:
       f"  peak estimate {_gib(r.peak_bytes)}",
   ]
   if r.target.hbm_bytes:
-    lines.append(f"  HBM per device {_gib(r.target.hbm_bytes)}   -> {100 * r.peak_bytes / r.target.hbm_bytes:.0f}% of HBM")
+    lines.append(f"  HBM per device {_gib(r.target.hbm_bytes)}   -> "
+                 f"{100 * r.peak_bytes / r.target.hbm_bytes:.0f}% of HBM")
   return "\n".join(lines)

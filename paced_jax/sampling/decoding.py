@@ -47,7 +47,8 @@ class KVCache(NamedTuple):
 
 
 class PagedKVCache(NamedTuple):
-  """Keys and values in a pool of pages, one [Q, Y, J, Dh] array per layer. Slot s of row b lives
+  """Keys and values in a pool of pages, one [Q, Y, J, Dh] array per layer (a token's [J, Dh] block
+  last: as [Q, J, Y, Dh], writing one token made the TPU compiler copy the pool). Slot s of row b lives
   in page `table_BQ[b, s // Y]` at offset s % Y. Rows and pages are split alike over the batch
   axes and a row's pages come from its own device's share, so table entries are indices into that
   share; an entry equal to the share's size is no page (writes there are dropped)."""
@@ -108,8 +109,8 @@ def decoding_specs(param_specs: dict, num_layers: int) -> dict:
   is_spec = lambda x: isinstance(x, P)
   layer = jax.tree.map(lambda s: P(*tuple(s)[1:]), param_specs["layers"], is_leaf=is_spec)
   embed = tuple(param_specs["embed_tokens"]) + (None,) * (2 - len(param_specs["embed_tokens"]))
-  return {"embed_VD": param_specs["embed_tokens"], "layers": [layer] * num_layers, "norm_D": param_specs["norm"]["weight"],
-          "lm_head_DV": param_specs.get("lm_head") or P(*embed[::-1])}
+  return {"embed_VD": param_specs["embed_tokens"], "layers": [layer] * num_layers,
+          "norm_D": param_specs["norm"]["weight"], "lm_head_DV": param_specs.get("lm_head") or P(*embed[::-1])}
 
 
 def decoding_shardings(specs: dict, mesh: Mesh, replicate_batch: bool) -> dict:
@@ -120,15 +121,18 @@ def decoding_shardings(specs: dict, mesh: Mesh, replicate_batch: bool) -> dict:
 
 
 def _run_layers(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, mask_BTS, read=None, write=None):
-  """The unrolled layers. `read(layer)` gives that layer's cache as layer_forward takes it;
-  `write(layer, k, v)` turns what layer_forward returns into what is kept (default: as is)."""
+  """The unrolled layers. `read(layer, x_BTD)` gives that layer's cache as layer_forward takes it
+  (and x_BTD back); `write(layer, k, v)` turns what layer_forward returns into what is kept
+  (default: as is)."""
   dtype = jnp.dtype(cfg.compute_dtype)
   x_BTD = jnp.take(params["embed_VD"], tokens_BT, axis=0).astype(dtype)
   inv_freq = model_lib.rope_inv_freq(cfg.rope, cfg.head_dim)
   keys, values = [], []
   for layer, p in enumerate(params["layers"]):
-    x_BTD, k, v = model_lib.layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq,
-                                          None if read is None else read(layer))
+    cache = None
+    if read is not None:
+      cache, x_BTD = read(layer, x_BTD)
+    x_BTD, k, v = model_lib.layer_forward(cfg, p, x_BTD, positions_BT, mask_BTS, inv_freq, cache)
     k, v = (k, v) if write is None else write(layer, k, v)
     keys.append(k)
     values.append(v)
@@ -158,9 +162,9 @@ def extend(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, segment_ids_
   every earlier slot of its segment. Returns (final hidden_BTD, updated cache)."""
   slots_BT = cache_index_B[:, None] + jnp.arange(tokens_BT.shape[1], dtype=jnp.int32)
   segments_BS = model_lib.write_rows(cache.segment_ids_BS, segment_ids_BT, cache_index_B)
-  read = lambda layer: (cache.k_BJSDh[layer], cache.v_BJSDh[layer], slots_BT)
-  hidden_BTD, keys, values = _run_layers(cfg, params, tokens_BT, positions_BT, _mask(segment_ids_BT, slots_BT, segments_BS),
-                                         read)
+  read = lambda layer, x_BTD: ((cache.k_BJSDh[layer], cache.v_BJSDh[layer], slots_BT), x_BTD)
+  mask_BTS = _mask(segment_ids_BT, slots_BT, segments_BS)
+  hidden_BTD, keys, values = _run_layers(cfg, params, tokens_BT, positions_BT, mask_BTS, read)
   return hidden_BTD, KVCache(keys, values, segments_BS)
 
 
@@ -188,6 +192,23 @@ def _write_slots(pool_QYJDh, new_BTJDh, table_BQ, slots_BT, write_B):
   return pool_QYJDh.at[page_BT, slots_BT % Y].set(new_BTJDh.astype(pool_QYJDh.dtype), mode="drop")
 
 
+def _write_tokens(pool_QYJDh, new_BTJDh, table_BQ, slots_BT, write_B):
+  """`_write_slots` for a few tokens per row, one `dynamic_update_slice` per token: a scatter into
+  the pool makes the TPU compiler copy pool-sized buffers."""
+  Q, Y = pool_QYJDh.shape[:2]
+  B, T = slots_BT.shape
+  page_BT = jnp.take_along_axis(table_BQ, jnp.minimum(slots_BT // Y, table_BQ.shape[1] - 1), axis=1)
+  keep_BT = write_B[:, None] & (page_BT < Q)
+
+  def write(n, pool_QYJDh):
+    b, t = n // T, n % T
+    at = (jnp.minimum(page_BT[b, t], Q - 1), slots_BT[b, t] % Y, 0, 0)
+    old_11JDh = jax.lax.dynamic_slice(pool_QYJDh, at, (1, 1) + pool_QYJDh.shape[2:])
+    new_11JDh = jnp.where(keep_BT[b, t], new_BTJDh[b, t].astype(pool_QYJDh.dtype)[None, None], old_11JDh)
+    return jax.lax.dynamic_update_slice(pool_QYJDh, new_11JDh, at)
+  return jax.lax.fori_loop(0, B * T, write, pool_QYJDh)
+
+
 def write_prompt_pages(mesh: Mesh, cache: PagedKVCache, keys, values, refill_B) -> PagedKVCache:
   """Copy prompt keys/values (per layer [B, J, W, Dh], slots 0..W-1) into the pages of the rows
   with refill_B set."""
@@ -211,12 +232,19 @@ def extend_paged(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, segmen
   segments_BS = model_lib.write_rows(cache.segment_ids_BS, segment_ids_BT, cache_index_B)
   table_BQ = cache.table_BQ[:, :window // Y]
   write_B = jnp.any(segment_ids_BT != 0, axis=1)
-  gather = lambda pool: _per_device(mesh, _gather_window, pool, table_BQ)
-  read = lambda layer: (gather(cache.k_QYJDh[layer]), gather(cache.v_QYJDh[layer]), slots_BT)
+
+  def read(layer, x_BTD):
+    # The barrier ties the gather to this layer's input: otherwise the compiler may gather every
+    # layer's window up front (they depend on the pools and the table alone) and hold them all
+    # at once. It holds the small table, not the pools (which would then be copied).
+    x_BTD, layer_table_BQ = jax.lax.optimization_barrier((x_BTD, table_BQ))
+    gather = lambda pool: _per_device(mesh, _gather_window, pool, layer_table_BQ)
+    return (gather(cache.k_QYJDh[layer]), gather(cache.v_QYJDh[layer]), slots_BT), x_BTD
   take_new = jax.vmap(lambda w_JSDh, i: jax.lax.dynamic_slice_in_dim(w_JSDh, i, T, axis=1))
 
   def write(layer, k_BJSDh, v_BJSDh):
-    put = lambda pool, w_BJSDh: _per_device(mesh, _write_slots, pool, take_new(w_BJSDh, cache_index_B).transpose(0, 2, 1, 3),
+    put = lambda pool, w_BJSDh: _per_device(mesh, _write_tokens, pool,
+                                            take_new(w_BJSDh, cache_index_B).transpose(0, 2, 1, 3),
                                             cache.table_BQ, slots_BT, write_B)
     return put(cache.k_QYJDh[layer], k_BJSDh), put(cache.v_QYJDh[layer], v_BJSDh)
   hidden_BTD, keys, values = _run_layers(cfg, params, tokens_BT, positions_BT,

@@ -176,7 +176,8 @@ class Sampler:
     else:
       self.params = to_decoding(pure)
       if replicate_weights:
-        self.params = jax.device_put(self.params, decoding.decoding_shardings(jax.tree.map(spec, self.params), mesh, True))
+        specs = jax.tree.map(spec, self.params)
+        self.params = jax.device_put(self.params, decoding.decoding_shardings(specs, mesh, True))
     self.mesh = mesh
     self.stop_ids = tuple(int(i) for i in stop_ids)
     self.valid_vocab = int(valid_vocab)
