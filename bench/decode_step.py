@@ -11,6 +11,7 @@ of decode steps, without prefill and scheduling around it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ flags.DEFINE_list("rows", ["1", "16", "64"], "decode rows (batch sizes) to time"
 flags.DEFINE_integer("steps", 8, "decode steps per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed chunks per batch size (the fastest is reported)")
 flags.DEFINE_integer("slots", 192, "KV cache slots (prompt bucket + new tokens)")
+flags.DEFINE_enum("kv_cache", "dense", ["dense", "paged"], "paged: every row holds pages for all its slots, read "
+                  "through a window of all of them (the paged cache's worst case)")
 
 
 def main(argv):
@@ -32,22 +35,35 @@ def main(argv):
   import jax.numpy as jnp
 
   from bench import common
+  from paced_jax.sampling import pages as pages_lib
   from paced_jax.sampling import sampler as sampler_lib
 
   cfg, _, params, mesh = common.load_paced(common.demo_model_dir())
   sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=(), valid_vocab=cfg.vocab_size)
-  print(f"# decode step, SmolLM2-135M float32, cache {FLAGS.slots} slots, {FLAGS.steps} steps per chunk; "
+  print(f"# decode step, SmolLM2-135M float32, {FLAGS.kv_cache} cache {FLAGS.slots} slots, "
+        f"{FLAGS.steps} steps per chunk; "
         f"jax {jax.__version__}, load average {common.load()}")
   rows_out = []
   for rows in map(int, FLAGS.rows):
     sc = sampler_lib.SamplingConfig(max_new_tokens=1 << 20, chunk_steps=FLAGS.steps, batch_rows=rows)
-    state = sampler._initial_state(rows, FLAGS.slots, sc)
+    window = 0
+    if FLAGS.kv_cache == "paged":
+      sc = dataclasses.replace(sc, kv_cache="paged")
+      pages_per_row = FLAGS.slots // sc.page_size
+      alloc = pages_lib.PageAllocator(rows, 1, rows * pages_per_row, sc.page_size, pages_per_row)
+      for r in range(rows):
+        alloc.reserve(r, FLAGS.slots)
+      state = sampler._initial_state(rows, FLAGS.slots, sc, rows * pages_per_row)
+      state = state._replace(cache=state.cache._replace(table_BQ=jnp.asarray(alloc.table)))
+      window = FLAGS.slots
+    else:
+      state = sampler._initial_state(rows, FLAGS.slots, sc)
     # Every row active, writing from the middle of the cache: no row finishes inside a chunk.
     state = state._replace(active_B=jnp.ones((rows,), bool), next_slot_B=jnp.full((rows,), FLAGS.slots // 3, jnp.int32))
     times = []
     for i in range(FLAGS.repeats + 1):
       start = time.perf_counter()
-      state = jax.block_until_ready(sampler._decode_chunk(sc.compiled_part(), sampler.params, state))
+      state = jax.block_until_ready(sampler._decode_chunk(sc.compiled_part(), window, sampler.params, state))
       times.append(time.perf_counter() - start)
     step_ms = 1000 * min(times[1:]) / FLAGS.steps
     rows_out.append((rows, f"{times[0]:.1f}", f"{step_ms:.1f}", f"{rows * 1000 / step_ms:.0f}", common.load()))

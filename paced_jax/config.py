@@ -77,6 +77,12 @@ class MeshConfig:
   process_id: int = -1
 
 
+KV_CACHES = ("dense", "paged")
+# Sampling settings that change how the work is laid out, never which tokens come out.
+_SAMPLE_INDEPENDENT = ("batch_rows", "rows_per_device", "chunk_steps", "prompt_buckets", "kv_cache", "page_size",
+                       "cache_gib")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   temperature: float = 1.0
@@ -86,8 +92,12 @@ class SamplingConfig:
   max_new_tokens: int = 256
   num_samples: int = 8        # K samples per prompt
   batch_rows: int = 64        # rows decoding at once (rounded up to the batch-axis size)
+  rows_per_device: int = 0    # > 0: rows = this x the batch-axis devices, instead of batch_rows
   chunk_steps: int = 16       # decode steps between host refills
   prompt_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+  kv_cache: str = "dense"     # dense: every row holds prompt bucket + max_new_tokens slots; paged: a page pool
+  page_size: int = 16         # paged: slots per page (divides the prompt buckets: prompts fill whole pages)
+  cache_gib: float = 0.0      # paged: the page pool per device; 0 = every row at full length (never evicts)
   seed: int = 0
 
   def __post_init__(self):
@@ -95,16 +105,18 @@ class SamplingConfig:
     _require(self, num_samples=">= 1", max_new_tokens=">= 1", temperature=">= 0", top_p="> 0", top_k=">= 0",
              batch_rows=">= 0", chunk_steps=">= 1")
     _require(self, top_p="[0, 1]")
+    if self.kv_cache not in KV_CACHES:
+      raise ValueError(f"sampling.kv_cache: {self.kv_cache!r} is not one of {KV_CACHES}")
 
   def compiled_part(self) -> "SamplingConfig":
     """The settings the jitted functions see: host-only fields are normalised away, so stages
     that differ only in K, batching or buckets share compiled code."""
-    return dataclasses.replace(self, num_samples=1, batch_rows=0, prompt_buckets=())
+    return dataclasses.replace(self, num_samples=1, batch_rows=0, rows_per_device=0, prompt_buckets=(), cache_gib=0.0)
 
   def identity(self) -> dict:
     """The settings that determine the samples (batching and bucketing do not)."""
     return {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ("batch_rows", "chunk_steps", "prompt_buckets")}
+            if k not in _SAMPLE_INDEPENDENT}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,36 @@ def test_tiny_train_step_compiles_on_8_fake_devices():
   assert "CPU compile" in text and "peak estimate" in text and not report.notes
 
 
+@pytest.mark.parametrize("kv_cache", ["dense", "paged"])
+def test_tiny_decode_step_compiles_on_8_fake_devices(kv_cache):
+  c = _config("configs/tiny.py")
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+  s = c.pass_rate.sampling
+  s.rows_per_device, s.max_new_tokens, s.kv_cache, s.page_size, s.prompt_buckets = 3, 100, kv_cache, 16, [32]
+  cfg = config_lib.experiment(c)
+  mcfg = aot.resolve_model(cfg.student)[0]
+  per_token = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * 4   # keys + values, float32
+  # A pool of 10 pages per device, against 3 rows x 8 pages at full length (32 prompt + 100 new slots).
+  s.cache_gib = 10.5 * 16 * per_token / (1 << 30)
+  report = aot.compile_decode_step(config_lib.experiment(c), aot.cpu_target(8), prompt_len=20, window=64)
+  assert report.rows == 12 and report.rows_per_device == 3
+  if kv_cache == "dense":
+    assert report.slots == 132 and report.cache_bytes == 3 * 132 * per_token
+  else:
+    assert report.slots == 144 and report.window == 64 and report.pool_tokens == 160
+    assert report.cache_bytes == 160 * per_token
+  assert report.argument_bytes >= report.cache_bytes + report.weights_bytes
+  assert report.temp_bytes > 0 and "decode step" in aot.format_decode_report(report)
+
+
+def test_tool_compiles_a_distributed_preset_as_one_process():
+  # The pod presets set mesh.distributed: compiling must not try to join a multi-process run.
+  out = _run_tool(sys.executable, "--config=configs/tiny.py", "--config.mesh.distributed=True", "--devices=4",
+                  "--steps=decode")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "decode step" in out.stdout and "temporaries" in out.stdout
+
+
 # The model cards' parameter counts (the names round them: Qwen3-8B has 8.2B, Qwen2.5-Math-7B 7.61B).
 PUBLISHED = {"Qwen3-1.7B": 1.7e9, "Qwen3-8B": 8.2e9, "Qwen2.5-Math-7B": 7.61e9, "Llama-3.1-8B": 8.03e9,
              "Llama-3.3-70B": 70.6e9, "SmolLM2-135M": 135e6}

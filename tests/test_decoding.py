@@ -48,8 +48,8 @@ def test_prefill_then_extend_equals_full_forward(tiny):
   got = {b: [np.asarray(decoding.logits(dp, hidden))[b, -1]] for b in range(B)}
 
   cache = decoding.KVCache.zeros(cfg, B, S)
-  cache = decoding.KVCache(tuple(c.at[:, :, :P].set(k) for c, k in zip(cache.k_BKSDh, keys)),
-                           tuple(c.at[:, :, :P].set(v) for c, v in zip(cache.v_BKSDh, values)),
+  cache = decoding.KVCache(tuple(c.at[:, :, :P].set(k) for c, k in zip(cache.k_BJSDh, keys)),
+                           tuple(c.at[:, :, :P].set(v) for c, v in zip(cache.v_BJSDh, values)),
                            cache.segment_ids_BS.at[:, :P].set(segments))
   step = jax.jit(lambda c, t, p, i: decoding.extend(cfg, dp, t, p, jnp.ones_like(t), c, i))
   done = 0

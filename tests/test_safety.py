@@ -1,11 +1,9 @@
 """Refusals that keep a run from giving silently wrong results: config ranges, the workdir lock,
 temporaries of other processes, bad problem files, torn metrics, one-line CLI errors (exit 2)."""
 
-import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 

@@ -1,6 +1,8 @@
 """Sampler: greedy parity with transformers and full-forward argmax, sampling distributions,
 determinism, and sharded == single device."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +179,34 @@ def test_top_candidates_exact():
     ref_values, ref_ids = jax.lax.top_k(jnp.asarray(logits), k)
     np.testing.assert_array_equal(values, ref_values)
     np.testing.assert_array_equal(ids, ref_ids)
+
+
+@pytest.mark.parametrize("mesh_cfg,devices", [(mesh_lib.MeshConfig(data=1), 1),
+                                              (mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2), 8)])
+def test_paged_cache_gives_the_dense_cache_tokens(tiny, monkeypatch, mesh_cfg, devices):
+  """A page pool too small for every row at full length: rows wait for pages, get evicted and are
+  sampled again from scratch, and every rollout still equals the dense cache's, token for token."""
+  evicted = []
+  top_up = sampler_lib.pages_lib.top_up
+
+  def spy(*args):
+    out = top_up(*args)
+    evicted.extend(out)
+    return out
+  monkeypatch.setattr(sampler_lib.pages_lib, "top_up", spy)
+  sampler, (cfg, _, _) = _sampler(tiny, mesh_cfg, jax.devices()[:devices])
+  shards = sampler.row_multiple
+  prompts = _prompts(5, seed=4)
+  # Bucket 16 + 10 new tokens = 7 pages of 4 per row; 12 pages per device hold two rows at refill
+  # (5 pages each) but not at full length.
+  base = sampler_lib.SamplingConfig(max_new_tokens=10, num_samples=3, batch_rows=2 * shards, chunk_steps=3, seed=5,
+                                    prompt_buckets=(16,))
+  dense = sampler.generate(prompts, base, progress=False)
+  page_gib = sampler_lib.decoding.page_bytes(cfg, 4) / (1 << 30)
+  paged = sampler.generate(prompts, dataclasses.replace(base, kv_cache="paged", page_size=4, cache_gib=12.5 * page_gib),
+                           progress=False)
+  assert evicted, "the pool was meant to run out"
+  for rd, rp in zip(dense, paged):
+    for x, y in zip(rd, rp):
+      np.testing.assert_array_equal(x.tokens, y.tokens)
+      assert x.finished == y.finished

@@ -119,12 +119,17 @@ def _project(p, eq: str, x, dtype):
   return y
 
 
-def _scatter(cache_BKSDh, new_BTKDh, slots_BT):
-  """Write one layer's new keys (or values) at each row's slots (out-of-range slots are dropped)."""
-  B = new_BTKDh.shape[0]
-  rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], slots_BT.shape)
-  # The indexed axes (row, slot) are split by a slice, so the update is laid out [B, T, K, Dh].
-  return cache_BKSDh.at[rows_BT, :, slots_BT].set(new_BTKDh.astype(cache_BKSDh.dtype), mode="drop")
+def _scatter(cache_BJSDh, new_BTJDh, slots_BT):
+  """Write one layer's new keys (or values) at each row's consecutive slots slots_BT[b, 0] onwards
+  (which must lie inside the cache).
+
+  One `dynamic_update_slice` per row (vmapped), with the update head-major like the cache: a
+  scatter indexed by (row, slot) has its update laid out [B, T, J, Dh], and the TPU compiler then
+  copies the whole cache into a new layout and back, every layer of every step.
+  """
+  new_BJTDh = new_BTJDh.transpose(0, 2, 1, 3).astype(cache_BJSDh.dtype)
+  write = lambda c_JSDh, x_JTDh, s: jax.lax.dynamic_update_slice(c_JSDh, x_JTDh, (0, s, 0))
+  return jax.vmap(write)(cache_BJSDh, new_BJTDh, slots_BT[:, 0])
 
 
 @jax.custom_vjp

@@ -8,7 +8,9 @@ chunks the host hands finished rows new prompts, prefilled in parallel straight 
 of the cache, so a finished sequence stops costing compute as soon as work is waiting. Every row
 has its own cache write index, so rows at different lengths coexist. Each token's randomness
 is `fold_in(seed, sequence key, step)`: the samples do not depend on batch size, row placement
-or refill order, which makes interrupted stages resumable to the identical result.
+or refill order, which makes interrupted stages resumable to the identical result, and lets
+the paged cache evict a row when its device runs out of pages and sample it again from scratch
+with the same tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from paced_jax import mesh as mesh_lib
 from paced_jax.sampling import decoding
+from paced_jax.sampling import pages as pages_lib
 from paced_jax.model.config import ModelConfig
 from paced_jax.config import SamplingConfig
 
@@ -40,7 +43,7 @@ class Rollout(NamedTuple):
 
 
 class DecodeState(NamedTuple):
-  cache: decoding.KVCache
+  cache: decoding.KVCache | decoding.PagedKVCache
   last_token_B: jax.Array     # next input token of each row
   next_pos_B: jax.Array       # its position within the sequence
   next_slot_B: jax.Array      # its cache slot
@@ -154,11 +157,27 @@ class Sampler:
   """Generates from one model on one mesh; compiled functions are cached per shape."""
 
   def __init__(self, model_cfg: ModelConfig, params, mesh: Mesh, *, stop_ids: Sequence[int],
-               valid_vocab: int, pad_id: int = 0):
-    """`params`: the decoder's weights (nnx.State or its pure dict). The sampler decodes from its
-    own copy of them in the decoding layout (decoding.py), so it holds a second copy of the model."""
+               valid_vocab: int, pad_id: int = 0, replicate_weights: bool = False):
+    """`params`: the decoder's weights (nnx.State or its pure dict; ShapeDtypeStructs with
+    shardings give an abstract sampler, for ahead-of-time compiles). The sampler decodes from its
+    own copy of them in the decoding layout (decoding.py), in the compute dtype: a second copy of
+    the model (half its size in bf16 when the master weights are float32). `replicate_weights`
+    keeps that copy whole on every batch-axis device (split over `tensor` only): a decode step then
+    gathers no weights, at the cost of the copy's memory."""
     self.model_cfg = model_cfg
-    self.params = decoding.decoding_params(nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params)
+    pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    to_decoding = functools.partial(decoding.decoding_params, dtype=model_cfg.compute_dtype)
+    spec = lambda x: x.sharding.spec
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(pure)):
+      shapes = jax.eval_shape(to_decoding, pure)
+      specs = decoding.decoding_specs(jax.tree.map(spec, pure), model_cfg.num_layers)
+      self.params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                                 decoding.decoding_shardings(specs, mesh, replicate_weights))
+    else:
+      self.params = to_decoding(pure)
+      if replicate_weights:
+        specs = jax.tree.map(spec, self.params)
+        self.params = jax.device_put(self.params, decoding.decoding_shardings(specs, mesh, True))
     self.mesh = mesh
     self.stop_ids = tuple(int(i) for i in stop_ids)
     self.valid_vocab = int(valid_vocab)
@@ -174,7 +193,7 @@ class Sampler:
   # The jitted methods take `self` as a static argument: samplers with equal static settings
   # (new params for the same model, say) share compiled code instead of recompiling.
   def _static_key(self):
-    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)
+    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)  # params' shardings: traced
 
   def __hash__(self):
     return hash(self._static_key())
@@ -186,16 +205,45 @@ class Sampler:
     # Every leaf, cache included, has the rows as its leading axis.
     return jax.tree.map(lambda x: NamedSharding(self.mesh, P(mesh_lib.BATCH_AXES, *([None] * (x.ndim - 1)))), state)
 
-  def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig) -> DecodeState:
-    zeros = lambda: np.zeros((rows,), np.int32)  # distinct buffers: the state is donated
-    state = DecodeState(decoding.KVCache.zeros(self.model_cfg, rows, slots), zeros(), zeros(), zeros(), zeros(),
-                        np.zeros((rows,), bool), zeros(), np.zeros((rows, cfg.max_new_tokens), np.int32))
+  def rows(self, cfg: SamplingConfig, sequences: int) -> int:
+    """Decode rows for `sequences` rollouts: rows_per_device (or batch_rows) on the batch axes."""
+    want = cfg.rows_per_device * self.row_multiple if cfg.rows_per_device else cfg.batch_rows
+    return -(-min(want, max(sequences, 1)) // self.row_multiple) * self.row_multiple
+
+  def pages_per_device(self, cfg: SamplingConfig, rows: int, pages_per_row: int) -> int:
+    """The page pool's share per batch-axis device: cfg.cache_gib of pages, at most what its rows
+    need at full length."""
+    full = rows // self.row_multiple * pages_per_row
+    if not cfg.cache_gib:
+      return full
+    return min(full, int(cfg.cache_gib * (1 << 30)) // decoding.page_bytes(self.model_cfg, cfg.page_size))
+
+  def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
+    """A state with a dense cache of `slots` slots per row, or with `pages` > 0 a paged cache
+    (`pages` per batch-axis device, `slots` a multiple of cfg.page_size)."""
+    state = self._zero_state(rows, slots, cfg, pages)
     return jax.device_put(state, self._state_shardings(state))
+
+  def abstract_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
+    """`_initial_state` as ShapeDtypeStructs with their shardings (nothing allocated)."""
+    shapes = jax.eval_shape(lambda: self._zero_state(rows, slots, cfg, pages))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        self._state_shardings(shapes))
+
+  def _zero_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int) -> DecodeState:
+    zeros = lambda: np.zeros((rows,), np.int32)  # distinct buffers: the state is donated
+    if pages:
+      cache = decoding.PagedKVCache.zeros(self.model_cfg, rows, pages * self.row_multiple, cfg.page_size,
+                                          slots // cfg.page_size, self.row_multiple)
+    else:
+      cache = decoding.KVCache.zeros(self.model_cfg, rows, slots)
+    return DecodeState(cache, zeros(), zeros(), zeros(), zeros(), np.zeros((rows,), bool), zeros(),
+                       np.zeros((rows, cfg.max_new_tokens), np.int32))
 
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
   def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
-    """Prefill U distinct prompts once, copy each into the rows `rows_R` (index B = skip) that
-    sample from it (`source_R`), and sample every row's first token."""
+    """Prefill U distinct prompts once, copy each into the rows that sample from it (`source_R`;
+    R = B, `rows_R[r]` is r for a refilled row, B for one left alone) and sample every row's first token."""
     U, Pb = tokens_UP.shape
     R = rows_R.shape[0]
     S = state.cache.segment_ids_BS.shape[1]
@@ -207,9 +255,14 @@ class Sampler:
     put = lambda big, new: big.at[rows_R].set(new, mode="drop")
     # The prompt fills slots 0..Pb-1; whatever a row's earlier sequence left in later slots is
     # masked (segment 0) until decoding overwrites it.
-    put_prompt = lambda big_BKSDh, new_UKPDh: big_BKSDh.at[rows_R, :, :Pb].set(new_UKPDh[source_R], mode="drop")
-    cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BKSDh, keys)), tuple(map(put_prompt, state.cache.v_BKSDh, values)),
-                    put(state.cache.segment_ids_BS, jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))))
+    segments_BS = put(state.cache.segment_ids_BS, jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb))))
+    if isinstance(state.cache, decoding.PagedKVCache):
+      cache = decoding.write_prompt_pages(self.mesh, state.cache._replace(segment_ids_BS=segments_BS),
+                                          [k[source_R] for k in keys], [v[source_R] for v in values], rows_R < R)
+    else:
+      put_prompt = lambda big_BJSDh, new_UJPDh: big_BJSDh.at[rows_R, :, :Pb].set(new_UJPDh[source_R], mode="drop")
+      cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BJSDh, keys)),
+                               tuple(map(put_prompt, state.cache.v_BJSDh, values)), segments_BS)
     lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
     out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
@@ -218,16 +271,21 @@ class Sampler:
         put(state.next_slot_B, jnp.full((R,), Pb, jnp.int32)), put(state.gen_len_B, jnp.ones((R,), jnp.int32)),
         put(state.active_B, ~done_R), put(state.seq_key_B, keys_R), put(state.out_BN, out_RN))
 
-  @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-  def _decode_chunk(self, cfg: SamplingConfig, params, state: DecodeState) -> DecodeState:
-    """Up to `chunk_steps` decode steps; stops early when no row is active."""
+  @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+  def _decode_chunk(self, cfg: SamplingConfig, window: int, params, state: DecodeState) -> DecodeState:
+    """Up to `chunk_steps` decode steps; stops early when no row is active. A paged cache is read
+    over each row's first `window` slots (past every row's slot at the end of the chunk)."""
     stop = jnp.asarray(self.stop_ids, jnp.int32)
     B = state.last_token_B.shape[0]
+    if isinstance(state.cache, decoding.PagedKVCache):
+      extend = functools.partial(decoding.extend_paged, window=window, mesh=self.mesh)
+    else:
+      extend = decoding.extend
 
     def step(carry):
       i, s = carry
-      hidden_B1D, cache = decoding.extend(self.model_cfg, params, s.last_token_B[:, None], s.next_pos_B[:, None],
-                                          s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
+      hidden_B1D, cache = extend(self.model_cfg, params, s.last_token_B[:, None], s.next_pos_B[:, None],
+                                 s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
       token_B = sample_tokens(decoding.logits(params, hidden_B1D)[:, 0], s.seq_key_B, s.gen_len_B, cfg,
                               self.valid_vocab)
       write_B = s.active_B
@@ -256,27 +314,59 @@ class Sampler:
       raise ValueError(f"prompt bucket {bucket} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
                        f"max_position_embeddings {self.model_cfg.max_position_embeddings}")
     total = len(prompts) * K
-    rows = -(-min(cfg.batch_rows, max(total, 1)) // self.row_multiple) * self.row_multiple
+    rows = self.rows(cfg, total)
     queue = deque((i, k) for i in range(len(prompts)) for k in range(K))
     results: list[list[Rollout | None]] = [[None] * K for _ in prompts]
     owner: list[tuple[int, int] | None] = [None] * rows
-    state = self._initial_state(rows, bucket + cfg.max_new_tokens, cfg)
+    slots, alloc = bucket + cfg.max_new_tokens, None
+    if cfg.kv_cache == "paged":
+      pages_per_row = -(-slots // cfg.page_size)
+      slots = pages_per_row * cfg.page_size
+      alloc = pages_lib.PageAllocator(rows, self.row_multiple, self.pages_per_device(cfg, rows, pages_per_row),
+                                      cfg.page_size, pages_per_row)
+    state = self._initial_state(rows, slots, cfg, alloc.pages_per_shard if alloc else 0)
     bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "sampling", disable=not progress,
                unit="seq", leave=False)
     stop = set(self.stop_ids)
-    active = np.zeros(rows, bool)
+    put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
+    active, gen_len, next_slot = np.zeros(rows, bool), np.zeros(rows, np.int32), np.zeros(rows, np.int32)
+    window = 0
     while queue or active.any():
+      if alloc is not None:
+        # Pages for the coming chunk; a row that cannot get them goes back to the queue.
+        live = [r for r in range(rows) if active[r]]
+        evicted = pages_lib.top_up(alloc, {r: min(int(next_slot[r]) + cfg.chunk_steps, slots) for r in live},
+                                   {r: int(gen_len[r]) for r in live})
+        for r in evicted:
+          queue.appendleft(owner[r])
+          owner[r], active[r] = None, False
+        if evicted:
+          state = state._replace(active_B=put(active))
       free = [r for r in range(rows) if owner[r] is None]
-      if queue and free:
-        state = self._refill(cfg, state, free, queue, owner, prompts, keys)
-      state = self._decode_chunk(cfg.compiled_part(), self.params, state)
-      active, gen_len, out = map(mesh_lib.to_host, (state.active_B, state.gen_len_B, state.out_BN))
+      take = [(free[j], queue.popleft()) for j in range(min(len(free), len(queue)))]
+      if take:
+        Pb = self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
+        if alloc is not None:
+          refused = [(r, item) for r, item in take if not alloc.reserve(r, min(Pb + cfg.chunk_steps, slots))]
+          queue.extendleft(item for _, item in reversed(refused))
+          take = [t for t in take if t not in refused]
+      if alloc is not None:
+        state = state._replace(cache=state.cache._replace(table_BQ=put(alloc.table)))
+        held = max(1, int(alloc.held.max()))
+        window = min(1 << (held - 1).bit_length(), alloc.table.shape[1]) * cfg.page_size
+      if take:
+        state = self._refill(cfg, state, take, Pb, owner, prompts, keys)
+      state = self._decode_chunk(cfg.compiled_part(), window, self.params, state)
+      active, gen_len, next_slot, out = (np.array(mesh_lib.to_host(x)) for x in (
+          state.active_B, state.gen_len_B, state.next_slot_B, state.out_BN))
       for r in range(rows):
         if owner[r] is not None and not active[r]:
           i, k = owner[r]
           tokens = np.array(out[r, :gen_len[r]])
           results[i][k] = Rollout(i, k, tokens, bool(len(tokens) and int(tokens[-1]) in stop))
           owner[r] = None
+          if alloc is not None:
+            alloc.release(r)
           bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]
@@ -285,27 +375,26 @@ class Sampler:
     i = bisect.bisect_left(cfg.prompt_buckets, length)
     return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
 
-  def _refill(self, cfg, state, free, queue, owner, prompts, keys):
-    """Prefill waiting prompts into free rows. Samples of one prompt share a single prefill;
-    the prompt count is padded to a power of two and the row count to all rows, so one compile
-    serves every refill with the same number of distinct prompts (the rows only cost a copy)."""
-    take = [(free[j], queue.popleft()) for j in range(min(len(free), len(queue)))]
+  def _refill(self, cfg, state, take, Pb, owner, prompts, keys):
+    """Prefill the prompts of `take` ([(free row, (prompt, sample))]) into their rows. Samples of
+    one prompt share a single prefill; the prompt count is padded to a power of two and the row
+    count to all rows, so one compile serves every refill with the same number of distinct prompts
+    and prompt bucket `Pb` (the rows only cost a copy)."""
     pad = lambda n: -(-(1 << (n - 1).bit_length()) // self.row_multiple) * self.row_multiple
     unique = list(dict.fromkeys(i for _, (i, _) in take))
     U, R = pad(len(unique)), len(owner)
-    Pb = self._bucket(max(len(prompts[i]) for i in unique), cfg)
     tokens = np.full((U, Pb), self.pad_id, np.int32)
     lens = np.ones(U, np.int32)
     for u, i in enumerate(unique):
       lens[u] = len(prompts[i])
       tokens[u, Pb - lens[u]:] = prompts[i]
-    rows = np.full(R, len(owner), np.int32)            # index B: dropped by the scatter
+    rows = np.full(R, R, np.int32)            # index R: the row is left alone
     source = np.zeros(R, np.int32)
     seq_keys = np.zeros(R, np.int32)
     where = {i: u for u, i in enumerate(unique)}
-    for j, (r, (i, k)) in enumerate(take):
-      rows[j], source[j] = r, where[i]
-      seq_keys[j] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
+    for r, (i, k) in take:
+      rows[r], source[r] = r, where[i]
+      seq_keys[r] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
     put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
     return self._prefill(cfg.compiled_part(), self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))

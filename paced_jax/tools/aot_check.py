@@ -1,4 +1,4 @@
-"""Compile a preset's train step ahead of time and print per-device memory and FLOPs.
+"""Compile a preset's train step and its sampler's decode step ahead of time; print per-device memory.
 
   python -m paced_jax.tools.aot_check --config=configs/qwen3_distill.py:v5p-64 --topology=v5p-64
   python -m paced_jax.tools.aot_check --config=configs/tiny.py --devices=8
@@ -8,7 +8,9 @@ With --topology and the libtpu package installed (launch/aot_env.sh makes a venv
 TPU compiler itself compiles for that slice; no TPU is needed. Otherwise the same program is
 compiled for as many fake CPU devices, and the output says it is a CPU compile. Nothing is
 allocated and no checkpoint is read: shapes come from the model's config.json or
-paced_jax.aot.KNOWN_ARCHITECTURES (--model overrides the preset's student).
+paced_jax.aot.KNOWN_ARCHITECTURES (--model overrides the preset's student). It runs as one
+process whatever the preset's mesh.distributed says: a topology is compiled for, never joined.
+The decode step uses the pass-rate sampling settings (--config.pass_rate.sampling.* overrides them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ _MODEL = absl_flags.DEFINE_string("model", None, "Model shapes instead of the co
                                   "(or its directory) or a known architecture name, e.g. Qwen3-1.7B.")
 _SEQ_LEN = absl_flags.DEFINE_integer("seq_len", None, "Packed row length (default train.seq_len).")
 _BATCH = absl_flags.DEFINE_integer("batch", None, "Packed rows per step (default train.rows_per_step or batch_size).")
+_STEPS = absl_flags.DEFINE_multi_enum("steps", ["train", "decode"], ["train", "decode"],
+                                     "Which programs to compile: the train step and/or the sampler's decode step.")
+_PROMPT_LEN = absl_flags.DEFINE_integer("prompt_len", 512, "Decode step: prompt length (its bucket + max_new_tokens "
+                                        "slots per row).")
+_WINDOW = absl_flags.DEFINE_integer("window", None, "Decode step with a paged cache: slots read per row "
+                                    "(default: all; shorter rows read fewer).")
 _DIVERGENCE = absl_flags.DEFINE_string("divergence", None, "A divergence of training/losses.py's registry to "
                                        "compile (default: the one of the first train step).")
 
@@ -48,7 +56,7 @@ def _prepare_jax(cpu_devices: int) -> None:
 
 def main(argv):
   del argv
-  cfg = flags.experiment()
+  cfg = flags.resolved_config()  # one process, no lock: a compile, not a run
   from paced_jax import aot  # after flags: nothing may start a jax backend before _prepare_jax
   try:
     count = _DEVICES.value or (aot.device_count(_TOPOLOGY.value) if _TOPOLOGY.value else 8)
@@ -65,11 +73,14 @@ def main(argv):
       target = aot.tpu_target(_TOPOLOGY.value)
     else:
       target = aot.cpu_target(count, _TOPOLOGY.value or "")
-    report = aot.compile_train_step(cfg, target, model=_MODEL.value, rows=_BATCH.value, seq_len=_SEQ_LEN.value,
-                                    divergence=_DIVERGENCE.value)
+    if "train" in _STEPS.value:
+      print(aot.format_report(aot.compile_train_step(cfg, target, model=_MODEL.value, rows=_BATCH.value,
+                                                     seq_len=_SEQ_LEN.value, divergence=_DIVERGENCE.value)), flush=True)
+    if "decode" in _STEPS.value:
+      print(aot.format_decode_report(aot.compile_decode_step(cfg, target, model=_MODEL.value,
+                                                             prompt_len=_PROMPT_LEN.value, window=_WINDOW.value)))
   except (aot.AOTError, ValueError) as e:
     flags.fail(f"aot_check: {e}")
-  print(aot.format_report(report))
 
 
 if __name__ == "__main__":
