@@ -194,6 +194,8 @@ class ModelOptions:
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # A hub id (`Qwen/Qwen3-1.7B`) is read from the local Hugging Face cache; True lets it download.
+  allow_download: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
