@@ -215,10 +215,12 @@ def load_model(model_dir: str, mesh: Mesh, rules=mesh_lib.DEFAULT_RULES, **overr
 
 
 def export_hf(params: nnx.State, cfg: ModelConfig, out_dir: str, tokenizer_dir: str | None = None,
-              dtype: str = "float32", max_shard_bytes: int = 2 << 30) -> str:
+              dtype: str = "float32", max_shard_bytes: int = 2 << 30, extra_files: dict[str, str] | None = None) -> str:
   """Write a Hugging Face directory (config, safetensors, tokenizer files) atomically.
 
-  `params` is the decoder's nnx.State, or the same as a pure dict (a train state's params).
+  `params` is the decoder's nnx.State, or the same as a pure dict (a train state's params);
+  `extra_files` maps file names to text (a model card README.md). The directory is 0755 and its
+  files 0644, as `save_pretrained` leaves them, whatever the temporary files were created with.
   """
   if not isinstance(params, nnx.State):
     state = nnx.state(model_lib.abstract_decoder(cfg))
@@ -251,6 +253,12 @@ def export_hf(params: nnx.State, cfg: ModelConfig, out_dir: str, tokenizer_dir: 
       src = os.path.join(tokenizer_dir, fname)
       if os.path.exists(src):
         shutil.copyfile(src, os.path.join(tmp, fname))
+    for fname, text in (extra_files or {}).items():
+      with open(os.path.join(tmp, fname), "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)  # mkdtemp and the atomic writers create 0700 / 0600
+    for fname in os.listdir(tmp):
+      os.chmod(os.path.join(tmp, fname), 0o644)
     if os.path.exists(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

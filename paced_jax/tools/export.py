@@ -1,0 +1,53 @@
+"""Export a training checkpoint as a Hugging Face model directory with a model card.
+
+  python -m paced_jax.tools.export --config=configs/tiny.py                       # latest step, float32
+  python -m paced_jax.tools.export --config=configs/demo.py --step=50 --dtype=bfloat16 --out=/m/demo-50
+Default output: WORKDIR/exports/step<N>-<dtype>/. Loads with transformers' from_pretrained.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags as absl_flags
+
+from paced_jax import mesh as mesh_lib, workspace
+from paced_jax.analysis import model_card
+from paced_jax.config import ExperimentConfig
+from paced_jax.model import hf_checkpoint, loaded as loaded_model
+from paced_jax.model.loaded import LoadedModel
+from paced_jax.training import trainer
+from paced_jax.tools import flags
+
+DTYPES = ("float32", "bfloat16")
+STEP = absl_flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+DTYPE = absl_flags.DEFINE_enum("dtype", "float32", DTYPES, "Tensor dtype of the exported weights.")
+OUT = absl_flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/exports/step<N>-<dtype>).")
+
+
+def export_checkpoint(cfg: ExperimentConfig, student: LoadedModel, step: int | None, dtype: str,
+                      out_dir: str | None = None) -> str:
+  """Restore `step` (None: the latest) of cfg's run and write it with its model card; returns the directory."""
+  with trainer.checkpoint_manager(cfg.workdir) as mngr:
+    kept = list(mngr.all_steps())
+  if not kept or (step is not None and step not in kept):
+    raise FileNotFoundError(f"{workspace.checkpoints_dir(cfg.workdir)}: no checkpoint at step {step}; "
+                            f"kept steps: {', '.join(map(str, sorted(kept))) or 'none'}")
+  step, params = trainer.restore_params(cfg, student, step)
+  out_dir = out_dir or workspace.step_export_dir(cfg.workdir, step, dtype)
+  card = model_card.model_card(cfg, step, dtype)
+  return hf_checkpoint.export_hf(params, student.cfg, out_dir, tokenizer_dir=student.model_dir, dtype=dtype,
+                                 extra_files={"README.md": card})
+
+
+def main(argv):
+  del argv
+  cfg = flags.experiment()
+  student = loaded_model.load(cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
+  try:
+    out = export_checkpoint(cfg, student, STEP.value, DTYPE.value, OUT.value)
+  except FileNotFoundError as e:
+    raise SystemExit(f"export: {e}") from None
+  print(f"exported: {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
