@@ -46,18 +46,19 @@ def model_card(cfg: ExperimentConfig, step: int, dtype: str) -> str:
   model state it measured (a tag evaluated at another step is labelled so)."""
   t = cfg.train
   base = cfg.student
-  lines = ["---", f"base_model: {base}" if "/" in base and not os.path.isabs(base) else "", "library_name: transformers",
-           "tags: [paced-jax, distillation, math]", "---", "",
+  hub_id = "/" in base and not os.path.isabs(base) and not base.startswith(".")  # the hub links base_model ids only
+  lines = ["---"] + ([f"base_model: {base}"] if hub_id else []) + [
+           "library_name: transformers", "tags: [paced-jax, distillation, math]", "---", "",
            f"# {os.path.basename(base.rstrip('/'))}, PACED-distilled (step {step}, {dtype})", "",
            f"- Base model (student): `{base}`",
            f"- Teacher: `{cfg.teacher or cfg.student + ' (initial weights, self-distillation)'}`",
            f"- Method: {TRACKS.get(cfg.track, cfg.track)}; divergence `{t.loss}`"
-           + (f" {json.dumps(t.loss_params)}" if t.loss_params else "") + ".",
+           + (f" {json.dumps(t.loss_params[t.loss])}" if t.loss_params.get(t.loss) else "") + ".",
            f"- Problem weights: {_weights(cfg)}.",
            f"- Training: {t.steps} steps planned, this export is step {step}; batch {t.batch_size} problems, "
            f"sequence length {t.seq_len}, lr {t.lr:g} ({t.schedule}), weight decay {t.weight_decay:g}.",
            f"- Problems: `{cfg.problems.source}` ({cfg.problems.n_train} train, {cfg.problems.n_heldout} held out).",
-           "- Trained with [paced-jax](https://arxiv.org/abs/2603.11178) (PACED: pass-rate weighted distillation).",
+           "- Trained with paced-jax; method: PACED, pass-rate weighted distillation (arXiv 2603.11178).",
            "", "## Evaluation", ""]
   rows = eval_rows(cfg.workdir)
   if rows:
@@ -68,4 +69,4 @@ def model_card(cfg: ExperimentConfig, step: int, dtype: str) -> str:
   settings = json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True, default=str)
   lines += ["", "## Full settings", "", "<details><summary>config</summary>", "", "```json", settings, "```", "",
             "</details>", ""]
-  return "\n".join(line for i, line in enumerate(lines) if line or i > 1)
+  return "\n".join(lines)

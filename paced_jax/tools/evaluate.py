@@ -32,7 +32,8 @@ def main(argv):
       retain_sets.load_retain_set(cfg.eval.retain_set)
     model = loaded_model.load(MODEL_DIR.value or cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
     result = evaluate.evaluate(cfg, model, tag=TAG.value)
-  except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError) as e:
+  except (records.ProblemFileError, retain_sets.RetainFileError, benchmarks.BenchmarkError, artifacts.ArtifactError,
+          loaded_model.ModelNotFoundError) as e:
     raise SystemExit(f"evaluate: {e}") from None
   print(evaluate.format_table(result))
   print(f"results: {workspace.eval_dir(cfg.workdir, TAG.value)}")

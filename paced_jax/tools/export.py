@@ -41,7 +41,10 @@ def export_checkpoint(cfg: ExperimentConfig, student: LoadedModel, step: int | N
 def main(argv):
   del argv
   cfg = flags.experiment()
-  student = loaded_model.load(cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
+  try:
+    student = loaded_model.load(cfg.student, mesh_lib.make_mesh(cfg.mesh), cfg.model)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    raise SystemExit(f"export: {e}") from None
   try:
     out = export_checkpoint(cfg, student, STEP.value, DTYPE.value, OUT.value)
   except FileNotFoundError as e:

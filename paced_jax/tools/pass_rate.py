@@ -17,7 +17,10 @@ def main(argv):
   del argv
   cfg = flags.experiment()
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  student = loaded_model.load(cfg.student, mesh, cfg.model)
+  try:
+    student = loaded_model.load(cfg.student, mesh, cfg.model)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    raise SystemExit(f"pass_rate: {e}") from None
   print(pass_rate.run(cfg, student))
 
 

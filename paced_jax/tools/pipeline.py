@@ -9,12 +9,16 @@ from __future__ import annotations
 from absl import app
 
 from paced_jax import pipeline
+from paced_jax.model import loaded as loaded_model
 from paced_jax.tools import flags
 
 
 def main(argv):
   del argv
-  pipeline.run(flags.experiment())
+  try:
+    pipeline.run(flags.experiment())
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    raise SystemExit(f"pipeline: {e}") from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ from paced_jax.tools import flags
 def main(argv):
   del argv
   cfg = flags.experiment()
-  student, teacher = loaded_model.load_student_and_teacher(cfg)
+  try:
+    student, teacher = loaded_model.load_student_and_teacher(cfg)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    raise SystemExit(f"train: {e}") from None
   trainer.train(cfg, student, teacher)
 
 
