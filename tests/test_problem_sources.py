@@ -112,5 +112,6 @@ def test_gsm8k_answer_after_marker(tmp_path):
   assert _summary(got) == [("test-00000-of-00001-0", "Tom has 3 apples and buys 4. How many?", "7",
                             "Tom has 3 + 4 = <<3+4=7>>7 apples.", None)]
   pq.write_table(pa.table({"question": ["q"], "answer": ["no marker"]}), tmp_path / "bad.parquet")
-  with pytest.raises(records.ProblemFileError, match=r"bad.parquet: row 0: field 'answer': expected text with the answer after '####'"):
+  match = r"bad.parquet: row 0: field 'answer': expected text with the answer after '####'"
+  with pytest.raises(records.ProblemFileError, match=match):
     records.load_problem_file(str(tmp_path / "bad.parquet"), records.FIELD_PRESETS["gsm8k"])

@@ -19,7 +19,8 @@ TRACKS = {
 def _weights(cfg: ExperimentConfig) -> str:
   w = cfg.weights
   if w.scheme == "paced":
-    return f"PACED, w(p) = p^{w.alpha:g} (1-p)^{w.beta:g} (p: the student's pass rate from {cfg.pass_rate.sampling.num_samples} rollouts)"
+    k = cfg.pass_rate.sampling.num_samples
+    return f"PACED, w(p) = p^{w.alpha:g} (1-p)^{w.beta:g} (p: the student's pass rate from {k} rollouts)"
   return w.scheme
 
 

@@ -59,7 +59,8 @@ def _hub_model_dir(spec: str, allow_download: bool) -> str:
   repo_id, _, revision = spec.partition("@")
   cache_dir = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
   offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-  fetch = f"fetch it with `hf download {repo_id}`" + ("" if allow_download else " or set --config.model.allow_download=True")
+  fetch = f"fetch it with `hf download {repo_id}`"
+  fetch += "" if allow_download else " or set --config.model.allow_download=True"
   try:
     directory = huggingface_hub.snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir,
                                                   local_files_only=offline or not allow_download,

@@ -61,12 +61,13 @@ def data_files(source: str) -> list[str]:
   if os.path.isdir(source):
     if os.path.exists(os.path.join(source, DATASET_DICT)):
       splits = artifacts.read_json(os.path.join(source, DATASET_DICT)).get("splits", [])
+      example = os.path.join(source, splits[0] if splits else "train")
       raise ProblemFileError(f"{source}: a DatasetDict with splits {', '.join(splits)}; "
-                             f"give one split's directory (e.g. {os.path.join(source, splits[0] if splits else 'train')})")
+                             f"give one split's directory (e.g. {example})")
     state_path = os.path.join(source, DATASET_STATE)
     if not os.path.exists(state_path):
-      raise ProblemFileError(f"{source}: a directory but not one written by datasets' save_to_disk (no {DATASET_STATE}); "
-                             "give a file or a glob such as " + os.path.join(source, "*.parquet"))
+      raise ProblemFileError(f"{source}: a directory but not one written by datasets' save_to_disk "
+                             f"(no {DATASET_STATE}); give a file or a glob such as {os.path.join(source, '*.parquet')}")
     state = artifacts.read_json(state_path)
     return [os.path.join(source, f["filename"]) for f in state.get("_data_files", [])]
   if not os.path.isfile(source):
