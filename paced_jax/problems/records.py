@@ -44,7 +44,9 @@ class FieldMap:
 # Field names of the published files, as on the hub (column names and nesting).
 MATH500_FIELDS = FieldMap(id="unique_id")                            # HuggingFaceH4/MATH-500 jsonl
 AIME_FIELDS = FieldMap(id="ID", prompt="Problem", answer="Answer", solution="Solution")  # Maxwell-Jia/AIME_2024
-AIME2025_FIELDS = FieldMap(level=None)                              # yentinglin/aime_2025: id, problem, solution, answer
+# yentinglin/aime_2025 and HuggingFaceH4/aime_2024: id, problem, solution, answer, url, year; math-ai/aime25:
+# id, problem, answer (no solution column: that field is optional).
+AIME2025_FIELDS = FieldMap(level=None)
 # BytedTsinghua-SIA/DAPO-Math-17k (verl parquet): prompt = [{role: user, content}], data_source,
 # ability, reward_model = {ground_truth, style}, extra_info = {index}.
 DAPO_FIELDS = FieldMap(id="extra_info.index", prompt="prompt", answer="reward_model.ground_truth",
