@@ -14,7 +14,7 @@ from paced_jax.analysis import model_card
 from paced_jax.config import ExperimentConfig
 from paced_jax.model import hf_checkpoint, loaded as loaded_model
 from paced_jax.model.loaded import LoadedModel
-from paced_jax.training import trainer
+from paced_jax.training import checkpoint_select
 from paced_jax.tools import flags
 
 DTYPES = ("float32", "bfloat16")
@@ -26,12 +26,7 @@ OUT = absl_flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/
 def export_checkpoint(cfg: ExperimentConfig, student: LoadedModel, step: int | None, dtype: str,
                       out_dir: str | None = None) -> str:
   """Restore `step` (None: the latest) of cfg's run and write it with its model card; returns the directory."""
-  with trainer.checkpoint_manager(cfg.workdir) as mngr:
-    kept = list(mngr.all_steps())
-  if not kept or (step is not None and step not in kept):
-    raise FileNotFoundError(f"{workspace.checkpoints_dir(cfg.workdir)}: no checkpoint at step {step}; "
-                            f"kept steps: {', '.join(map(str, sorted(kept))) or 'none'}")
-  step, params = trainer.restore_params(cfg, student, step)
+  step, params = checkpoint_select.restore_kept(cfg, student, step)
   out_dir = out_dir or workspace.step_export_dir(cfg.workdir, step, dtype)
   card = model_card.model_card(cfg, step, dtype)
   return hf_checkpoint.export_hf(params, student.cfg, out_dir, tokenizer_dir=student.model_dir, dtype=dtype,
