@@ -3,9 +3,13 @@
 import hashlib
 import os
 
+import jax
 import pytest
+import transformers
 
+from paced_jax import mesh as mesh_lib
 from paced_jax.model import loaded
+from tiny_models import make_tiny_model
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -53,3 +57,18 @@ def test_missing_hub_id_is_one_clear_line(tmp_path, monkeypatch):
     loaded.resolve_model_dir("Qwen/Qwen3-1.7B", allow_download=True)
   with pytest.raises(loaded.ModelNotFoundError, match="model directory '/no/such/dir' does not exist"):
     loaded.resolve_model_dir("/no/such/dir")
+
+
+def test_hub_id_loads_as_the_student(tmp_path, monkeypatch):
+  """A real (tiny) checkpoint stored in the cache layout loads through the same spec a user gives."""
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  snapshot = _fake_cache(tmp_path / "hub", "org/tiny")
+  for name in os.listdir(snapshot):
+    os.remove(os.path.join(snapshot, name))
+  make_tiny_model("qwen3", snapshot)
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  model = loaded.load("org/tiny", mesh)
+  reference = transformers.AutoConfig.from_pretrained(snapshot)
+  assert os.path.samefile(model.model_dir, snapshot)
+  assert (model.cfg.num_layers, model.cfg.vocab_size) == (reference.num_hidden_layers, reference.vocab_size)
