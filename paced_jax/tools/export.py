@@ -2,10 +2,13 @@
 
   python -m paced_jax.tools.export --config=configs/tiny.py                       # latest step, float32
   python -m paced_jax.tools.export --config=configs/demo.py --step=50 --dtype=bfloat16 --out=/m/demo-50
+  python -m paced_jax.tools.export --config=configs/demo.py --push_to=me/smollm2-paced   # and upload it
 Default output: WORKDIR/exports/step<N>-<dtype>/. Loads with transformers' from_pretrained.
 """
 
 from __future__ import annotations
+
+import os
 
 from absl import app, flags as absl_flags
 
@@ -21,6 +24,8 @@ DTYPES = ("float32", "bfloat16")
 STEP = absl_flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 DTYPE = absl_flags.DEFINE_enum("dtype", "float32", DTYPES, "Tensor dtype of the exported weights.")
 OUT = absl_flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/exports/step<N>-<dtype>).")
+PUSH_TO = absl_flags.DEFINE_string("push_to", None, "Also upload the export to this hub model repo (created private "
+                                   "if missing; needs a token from `hf auth login`).")
 
 
 def export_checkpoint(cfg: ExperimentConfig, student: LoadedModel, step: int | None, dtype: str,
@@ -45,6 +50,20 @@ def main(argv):
   except FileNotFoundError as e:
     raise SystemExit(f"export: {e}") from None
   print(f"exported: {out}")
+  if PUSH_TO.value:
+    push(out, PUSH_TO.value)
+
+
+def push(directory: str, repo_id: str) -> None:
+  import huggingface_hub  # deferred: only uploads need it
+  api = huggingface_hub.HfApi()
+  try:
+    api.create_repo(repo_id, exist_ok=True, private=True)
+    info = api.upload_folder(folder_path=directory, repo_id=repo_id,
+                             commit_message=f"paced-jax export: {os.path.basename(directory)}")
+  except Exception as e:  # noqa: BLE001 (the network layer raises its own types; the command ends here anyway)
+    raise SystemExit(f"export: upload to {repo_id!r} failed ({type(e).__name__}: {e}); the export is in {directory}") from None
+  print(f"uploaded: {info}")
 
 
 if __name__ == "__main__":
