@@ -62,7 +62,8 @@ def push(directory: str, repo_id: str) -> None:
     info = api.upload_folder(folder_path=directory, repo_id=repo_id,
                              commit_message=f"paced-jax export: {os.path.basename(directory)}")
   except Exception as e:  # noqa: BLE001 (the network layer raises its own types; the command ends here anyway)
-    raise SystemExit(f"export: upload to {repo_id!r} failed ({type(e).__name__}: {e}); the export is in {directory}") from None
+    raise SystemExit(f"export: upload to {repo_id!r} failed ({type(e).__name__}: {e}); "
+                     f"the export is in {directory}") from None
   print(f"uploaded: {info}")
 
 
