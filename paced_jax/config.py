@@ -242,6 +242,8 @@ class ModelOptions:
   param_dtype: str = "float32"
   remat: bool = False
   attention: str = "auto"  # training and teacher-scoring attention, one of ATTENTION_IMPLEMENTATIONS
+  # A hub id (`Qwen/Qwen3-1.7B`) is read from the local Hugging Face cache; True lets it download.
+  allow_download: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,11 @@ def export_dir(workdir: str) -> str:
   return os.path.join(workdir, "export")
 
 
+def step_export_dir(workdir: str, step: int, dtype: str) -> str:
+  """Where tools/export writes one checkpoint step (the pipeline's own export is export_dir)."""
+  return os.path.join(workdir, "exports", f"step{step}-{dtype}")
+
+
 def snr_root(workdir: str) -> str:
   return os.path.join(workdir, "snr")
 

@@ -7,13 +7,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import hf_checkpoint
 from paced_jax.model.config import ModelConfigError
-from paced_jax.model.safetensors_io import CheckpointError, SafetensorsFile, write_file
+from paced_jax.model.hf_checkpoint import CheckpointError
 from tiny_models import make_tiny_model
 
 
@@ -100,11 +101,10 @@ def test_truncated_shard(tmp_path, mesh):
 
 def test_missing_shard_and_tensor(tmp_path, mesh):
   d = make_tiny_model("qwen2", str(tmp_path / "m"))
-  f = SafetensorsFile(os.path.join(d, "model.safetensors"))
-  tensors = {n: np.array(f.get(n)) for n in f.names()}
+  tensors = safetensors.numpy.load_file(os.path.join(d, "model.safetensors"))
   half = sorted(tensors)[: len(tensors) // 2]
   os.remove(os.path.join(d, "model.safetensors"))
-  write_file(os.path.join(d, "a.safetensors"), {n: tensors[n] for n in half})
+  safetensors.numpy.save_file({n: tensors[n] for n in half}, os.path.join(d, "a.safetensors"))
   json.dump({"weight_map": {n: ("a.safetensors" if n in half else "b.safetensors") for n in tensors}},
             open(os.path.join(d, "model.safetensors.index.json"), "w"))
   with pytest.raises(CheckpointError, match="b.safetensors: missing shard"):
@@ -117,11 +117,10 @@ def test_missing_shard_and_tensor(tmp_path, mesh):
 def test_wrong_shape(tmp_path, mesh):
   d = make_tiny_model("qwen2", str(tmp_path / "m"))
   path = os.path.join(d, "model.safetensors")
-  f = SafetensorsFile(path)
-  tensors = {n: np.array(f.get(n)) for n in f.names()}
+  tensors = safetensors.numpy.load_file(path)
   name = "model.layers.1.mlp.up_proj.weight"
-  tensors[name] = tensors[name][:-1]
-  write_file(path, tensors)
+  tensors[name] = np.ascontiguousarray(tensors[name][:-1])
+  safetensors.numpy.save_file(tensors, path)
   with pytest.raises(CheckpointError) as err:
     hf_checkpoint.load_model(d, mesh)
   assert name in str(err.value) and "(47, 32)" in str(err.value) and "(48, 32)" in str(err.value)

@@ -3,13 +3,16 @@
 A spec is one of
   heldout[:opts]             the workspace's held-out problems (WORKDIR/problems/heldout.jsonl)
   builtin:<name>[:opts]      a problem file shipped in paced_jax/problems/data/ (BUILTIN_FILES)
-  <file>.jsonl|.json|.parquet[:opts]
+  <source>[:opts]           a .jsonl / .json / .parquet file, a glob of shards, or a directory
+                             written by datasets' save_to_disk (problems/sources.py)
 where opts are comma-separated key=value pairs: `name` (the result's file name; default the
-file's stem), `fields` (a preset of column names: default, math500, aime), `field_id`,
-`field_prompt`, `field_answer`, `field_solution`, `field_level` (a column name, or `none`),
-and `n` (evaluate only the first n problems). Example:
+file's stem), `fields` (a preset of column names, records.FIELD_PRESETS: default, math500,
+aime/aime2024, aime2025, dapo, dapo_processed, gsm8k), `field_id`, `field_prompt`,
+`field_answer`, `field_solution`, `field_level` (a column or a dotted path into nested columns,
+or `none`), and `n` (evaluate only the first n problems). Examples:
   /data/MATH-500/test.jsonl:name=math500,fields=math500
-Nothing is downloaded: every benchmark is a local file.
+  /data/gsm8k/main/test-*.parquet:name=gsm8k,fields=gsm8k
+Nothing is downloaded: every benchmark is local.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any, Sequence
 from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems.prepare import read_problems
-from paced_jax.problems.records import AIME_FIELDS, MATH500_FIELDS, FieldMap, Problem, load_problem_file
+from paced_jax.problems.records import FIELD_PRESETS, FieldMap, Problem, load_problem_file
+from paced_jax.problems.sources import content_sha256, source_stem
 
 HELDOUT = "heldout"
 BUILTIN_PREFIX = "builtin:"
@@ -31,7 +35,6 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_FILES: dict[str, tuple[str, FieldMap]] = {
     "champ": ("champ.jsonl", FieldMap(level=None)),
 }
-FIELD_PRESETS = {"default": FieldMap(), "math500": MATH500_FIELDS, "aime": AIME_FIELDS}
 OPTIONS = ("name", "fields", "field_id", "field_prompt", "field_answer", "field_solution", "field_level", "n")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -121,11 +124,11 @@ def load_benchmark(spec: str, workdir: str) -> Benchmark:
       path, name = data_path(filename), builtin
     else:
       path, base = target, FieldMap()
-      name = os.path.splitext(os.path.basename(path))[0]
+      name = source_stem(path)
     fields = _fields(spec, options, base)
     problems = load_problem_file(path, fields, source=name)
     # Identified by content (not path): a moved copy is the same benchmark, an edited one is not.
-    identity = {"file": os.path.basename(path), "sha256": artifacts.sha256_file(path),
+    identity = {"file": os.path.basename(path.rstrip("/")), "sha256": content_sha256(path),
                 "fields": dataclasses.asdict(fields)}
   name = options.get("name", name)
   if not _NAME_RE.match(name):

@@ -1,7 +1,8 @@
 """Retain sets for the forgetting check: multiple-choice questions, and how they are shown.
 
 A retain set is `builtin:arith_mc[:n=..,seed=..]` (generated, no download) or an MMLU-format
-file (.jsonl / .json / .parquet / .csv; optional `:n=..`): rows with `question`, `choices` (a
+file (.csv, or any problem source: .jsonl / .json / .parquet, a glob of shards, a datasets
+directory; optional `:n=..`): rows with `question`, `choices` (a
 list) or columns A, B, C, D, and `answer` as index 0-3 or letter; headerless csv is read as
 MMLU's own question,A,B,C,D,answer. `:format=letter|cloze` picks how questions are shown.
 """
@@ -16,7 +17,7 @@ from typing import Any, Iterator
 
 from paced_jax import artifacts
 from paced_jax.evaluation.benchmarks import BenchmarkError, split_spec
-from paced_jax.problems.records import ProblemFileError, _rows as problem_file_rows
+from paced_jax.problems.sources import ProblemFileError, content_sha256, read_rows, source_stem
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -109,16 +110,17 @@ def _question(row: Any, where: str, index: int, stem: str) -> MCQuestion:
 
 
 def load_retain_file(path: str) -> list[MCQuestion]:
-  """An MMLU-format multiple-choice file; errors name the file, line (jsonl, csv) or row, and field."""
-  stem = os.path.splitext(os.path.basename(path))[0]
-  if not path.endswith((".jsonl", ".json", ".parquet", ".csv")):
-    raise RetainFileError(f"{path}: unsupported file type; expected .jsonl, .json, .parquet or .csv")
-  if not os.path.isfile(path):
-    raise RetainFileError(f"{path}: no such file")
-  rows = _csv_rows(path) if path.endswith(".csv") else problem_file_rows(path)
+  """An MMLU-format multiple-choice source; errors name the file, line (jsonl, csv) or row, and field."""
+  if path.endswith(".csv"):
+    if not os.path.isfile(path):
+      raise RetainFileError(f"{path}: no such file")
+    rows = ((f"{path}: {where}", row) for where, row in _csv_rows(path))
+  else:
+    rows = read_rows(path)
+  stem = source_stem(path)
   try:
-    return [_question(row, f"{path}: {where}", i, stem) for i, (where, row) in enumerate(rows)]
-  except ProblemFileError as e:  # the shared reader's errors (bad JSON, parquet) keep their text
+    return [_question(row, where, i, stem) for i, (where, row) in enumerate(rows)]
+  except ProblemFileError as e:  # the shared reader's errors (bad JSON, parquet, no file) keep their text
     raise RetainFileError(str(e)) from None
 
 
@@ -167,5 +169,6 @@ def load_retain_set(spec: str) -> tuple[list[MCQuestion], dict, str]:
   questions = load_retain_file(target)
   if "n" in ints:
     questions = questions[:ints["n"]]
-  identity = {"file": os.path.basename(target), "sha256": artifacts.sha256_file(target), "n": len(questions)}
+  sha = artifacts.sha256_file(target) if target.endswith(".csv") else content_sha256(target)
+  identity = {"file": os.path.basename(target.rstrip("/")), "sha256": sha, "n": len(questions)}
   return questions, identity, fmt

@@ -7,6 +7,7 @@ own devices hold, so a model larger than one host's memory loads on a pod.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -16,6 +17,8 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -23,7 +26,6 @@ from jax.sharding import Mesh, NamedSharding
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.model import decoder as model_lib
 from paced_jax.model.config import ModelConfig, load_model_config, to_hf_dict
-from paced_jax.model.safetensors_io import CheckpointError, CheckpointReader, write_file
 
 # (our dotted parameter path, Hugging Face name, transform). Stacked layer parameters map to one
 # Hugging Face tensor per layer ({i}). "linear": Hugging Face stores [out, in]; we store
@@ -100,6 +102,77 @@ def _sharded_array(shape, dtype, sharding: NamedSharding, layer_tensors: Callabl
   return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
+class CheckpointError(ValueError):
+  """A checkpoint file is missing, truncated, or holds something other than expected."""
+
+
+def _open_failure(path: str, error: Exception) -> CheckpointError:
+  """Why safetensors refused a file, naming the first tensor that lies past its end when truncated."""
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:  # the format: 8-byte little-endian header length, JSON header, data
+      header_len = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(header_len))
+    start = 8 + header_len
+    past = [(info["data_offsets"][1], name) for name, info in header.items()
+            if name != "__metadata__" and start + info["data_offsets"][1] > size]
+  except (ValueError, KeyError, TypeError, OSError):
+    past = []
+  if past:
+    end, name = min(past)
+    return CheckpointError(f"{path}: tensor {name!r} ends at byte {start + end} but the file has {size} bytes "
+                           "(truncated shard)")
+  return CheckpointError(f"{path}: not a safetensors file ({error})")
+
+
+class CheckpointReader:
+  """All tensors of a Hugging Face model directory (single file or index-sharded), read lazily."""
+
+  def __init__(self, model_dir: str):
+    index_path = os.path.join(model_dir, "model.safetensors.index.json")
+    single = os.path.join(model_dir, "model.safetensors")
+    self._files: dict[str, Any] = {}
+    if os.path.exists(index_path):
+      weight_map = artifacts.read_json(index_path).get("weight_map")
+      if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: field 'weight_map' is missing or not an object")
+      self.location = {name: os.path.join(model_dir, fname) for name, fname in weight_map.items()}
+    elif os.path.exists(single):
+      self.location = {name: single for name in self._file(single).keys()}
+    else:
+      raise CheckpointError(f"{model_dir}: neither model.safetensors nor model.safetensors.index.json found")
+
+  def _file(self, path: str) -> Any:
+    if path not in self._files:
+      if not os.path.exists(path):
+        raise CheckpointError(f"{path}: missing shard")
+      try:
+        self._files[path] = safetensors.safe_open(path, framework="numpy")
+      except (safetensors.SafetensorError, OSError) as e:
+        raise _open_failure(path, e) from None
+    return self._files[path]
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.location
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self.location:
+      raise CheckpointError(f"tensor {name!r} is not in the checkpoint")
+    path = self.location[name]
+    f = self._file(path)
+    if name not in f.keys():
+      raise CheckpointError(f"{path}: tensor {name!r} listed in the index is not in this shard")
+    try:
+      return f.get_tensor(name)
+    except (safetensors.SafetensorError, TypeError, ValueError) as e:  # e.g. a dtype numpy lacks
+      raise CheckpointError(f"{path}: tensor {name!r}: {e}") from None
+
+
+def write_file(path: str, tensors: dict[str, np.ndarray]) -> None:
+  """One safetensors file (bf16 included) with the metadata transformers expects."""
+  safetensors.numpy.save_file({n: np.ascontiguousarray(a) for n, a in tensors.items()}, path, metadata={"format": "pt"})
+
+
 def load_params(model_dir: str, cfg: ModelConfig, mesh: Mesh, rules=mesh_lib.DEFAULT_RULES) -> nnx.State:
   """Read a Hugging Face checkpoint into the decoder's parameter state, sharded on `mesh`."""
   reader = CheckpointReader(model_dir)
@@ -142,10 +215,12 @@ def load_model(model_dir: str, mesh: Mesh, rules=mesh_lib.DEFAULT_RULES, **overr
 
 
 def export_hf(params: nnx.State, cfg: ModelConfig, out_dir: str, tokenizer_dir: str | None = None,
-              dtype: str = "float32", max_shard_bytes: int = 2 << 30) -> str:
+              dtype: str = "float32", max_shard_bytes: int = 2 << 30, extra_files: dict[str, str] | None = None) -> str:
   """Write a Hugging Face directory (config, safetensors, tokenizer files) atomically.
 
-  `params` is the decoder's nnx.State, or the same as a pure dict (a train state's params).
+  `params` is the decoder's nnx.State, or the same as a pure dict (a train state's params);
+  `extra_files` maps file names to text (a model card README.md). The directory is 0755 and its
+  files 0644, as `save_pretrained` leaves them, whatever the temporary files were created with.
   """
   if not isinstance(params, nnx.State):
     state = nnx.state(model_lib.abstract_decoder(cfg))
@@ -178,6 +253,12 @@ def export_hf(params: nnx.State, cfg: ModelConfig, out_dir: str, tokenizer_dir: 
       src = os.path.join(tokenizer_dir, fname)
       if os.path.exists(src):
         shutil.copyfile(src, os.path.join(tmp, fname))
+    for fname, text in (extra_files or {}).items():
+      with open(os.path.join(tmp, fname), "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)  # mkdtemp and the atomic writers create 0700 / 0600
+    for fname in os.listdir(tmp):
+      os.chmod(os.path.join(tmp, fname), 0o644)
     if os.path.exists(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

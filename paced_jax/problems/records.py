@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import hashlib
-import json
 import math
-import os
-from typing import Any, Iterator
+from typing import Any
 
+from paced_jax.problems.sources import ProblemFileError, read_rows, source_stem
 
 SPLITS = ("train", "heldout")
 # One problem key in HELDOUT_BUCKETS lands in the held-out partition (a hash of the key decides).
@@ -29,58 +28,60 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class FieldMap:
-  """Column names a problem file stores each field under; None = the file has no such column."""
+  """Where a problem file keeps each field: a column, or a dotted path into nested columns
+  (`reward_model.ground_truth`); None = the file has no such column. A prompt stored as chat
+  messages (a list of {role, content}) gives its user turn."""
   id: str | None = "id"
   prompt: str = "problem"
   answer: str = "answer"
   solution: str | None = "solution"
   level: str | None = "level"
+  # The answer is the text after the last such marker (GSM8K's "####"); the text before it, the
+  # solution, when `solution` names the same column.
+  answer_after: str | None = None
 
 
-# Field names of the published files (HuggingFaceH4/MATH-500 jsonl, Maxwell-Jia/AIME_2024 parquet).
-MATH500_FIELDS = FieldMap(id="unique_id")
-AIME_FIELDS = FieldMap(id="ID", prompt="Problem", answer="Answer", solution="Solution")
+# Field names of the published files, as on the hub (column names and nesting).
+MATH500_FIELDS = FieldMap(id="unique_id")                            # HuggingFaceH4/MATH-500 jsonl
+AIME_FIELDS = FieldMap(id="ID", prompt="Problem", answer="Answer", solution="Solution")  # Maxwell-Jia/AIME_2024
+# yentinglin/aime_2025 and HuggingFaceH4/aime_2024: id, problem, solution, answer, url, year; math-ai/aime25:
+# id, problem, answer (no solution column: that field is optional).
+AIME2025_FIELDS = FieldMap(level=None)
+# BytedTsinghua-SIA/DAPO-Math-17k (verl parquet): prompt = [{role: user, content}], data_source,
+# ability, reward_model = {ground_truth, style}, extra_info = {index}.
+DAPO_FIELDS = FieldMap(id="extra_info.index", prompt="prompt", answer="reward_model.ground_truth",
+                       solution=None, level=None)
+# open-r1/DAPO-Math-17k-Processed: the question alone in `prompt`, its answer in `solution` (no worked solution).
+DAPO_PROCESSED_FIELDS = FieldMap(id="extra_info.index", prompt="prompt", answer="solution", solution=None, level=None)
+GSM8K_FIELDS = FieldMap(id=None, prompt="question", answer="answer", solution="answer", level=None,
+                        answer_after="####")                         # openai/gsm8k: question, answer
+FIELD_PRESETS = {"default": FieldMap(), "math500": MATH500_FIELDS, "aime": AIME_FIELDS, "aime2024": AIME_FIELDS,
+                 "aime2025": AIME2025_FIELDS, "dapo": DAPO_FIELDS, "dapo_processed": DAPO_PROCESSED_FIELDS,
+                 "gsm8k": GSM8K_FIELDS}
 
 
-class ProblemFileError(ValueError):
-  """A problem file is unreadable or has a bad row; the message names file, line/row and field."""
+_MISSING = object()
 
 
-def _rows(path: str) -> Iterator[tuple[str, Any]]:
-  """Yield (location, row): 'line N' (1-based) for jsonl, 'row I' (0-based) for json and parquet."""
-  if not os.path.isfile(path):
-    raise ProblemFileError(f"{path}: no such file")
-  if path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ProblemFileError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-        yield f"line {lineno}", row
-  elif path.endswith(".json"):
-    with open(path, encoding="utf-8") as f:
-      try:
-        data = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ProblemFileError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, list):
-      raise ProblemFileError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-    for i, row in enumerate(data):
-      yield f"row {i}", row
-  elif path.endswith(".parquet"):
-    import pyarrow
-    import pyarrow.parquet as pq
-    try:
-      table = pq.read_table(path)
-    except (pyarrow.ArrowException, OSError) as e:
-      raise ProblemFileError(f"{path}: not a readable parquet file ({e})") from None
-    for i, row in enumerate(table.to_pylist()):
-      yield f"row {i}", row
-  else:
-    raise ProblemFileError(f"{path}: unsupported file type; expected .jsonl, .json or .parquet")
+def field_value(row: dict, path: str) -> Any:
+  """A column's value, following dots into nested objects; _MISSING (or None) when absent.
+
+  A column whose own name has a dot wins over the nested reading.
+  """
+  if path in row:
+    return row[path]
+  value: Any = row
+  for part in path.split("."):
+    if not isinstance(value, dict) or part not in value:
+      return _MISSING
+    value = value[part]
+  return value
+
+
+def _user_turn(messages: list) -> Any:
+  """The last user message's content of a chat-message prompt; None when there is none."""
+  users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+  return users[-1] if users else None
 
 
 def _answer_text(value: Any) -> str | None:
@@ -112,20 +113,32 @@ def _row_problem(row: Any, where: str, index: int, fields: FieldMap, stem: str, 
     return ProblemFileError(f"{where}: field {field!r}: {what}")
 
   def get(field: str | None, required: bool) -> Any:
-    if field is None or row.get(field) is None:
+    value = None if field is None else field_value(row, field)
+    if value is _MISSING or value is None:
       if required:
         raise fail(field, f"missing (the row has {', '.join(map(repr, sorted(row)))})")
       return None
-    return row[field]
+    return value
 
   prompt = get(fields.prompt, True)
+  if isinstance(prompt, list):
+    prompt = _user_turn(prompt)
+    if prompt is None:
+      raise fail(fields.prompt, "chat messages without a user turn (role 'user')")
   if not isinstance(prompt, str) or not prompt.strip():
-    raise fail(fields.prompt, f"expected a non-empty string, got {prompt!r:.80}")
+    raise fail(fields.prompt, f"expected a non-empty string or chat messages, got {prompt!r:.80}")
   raw_answer = get(fields.answer, True)
+  worked = None
+  if fields.answer_after is not None:
+    if not isinstance(raw_answer, str) or fields.answer_after not in raw_answer:
+      raise fail(fields.answer, f"expected text with the answer after {fields.answer_after!r}, got {raw_answer!r:.80}")
+    worked, _, raw_answer = raw_answer.rpartition(fields.answer_after)
   answer = _answer_text(raw_answer)
   if answer is None:
     raise fail(fields.answer, f"expected a non-empty string or a number, got {raw_answer!r:.80}")
   solution = get(fields.solution, False)
+  if worked is not None and fields.solution == fields.answer:
+    solution = worked.strip() or None
   if solution is not None and not isinstance(solution, str):
     raise fail(fields.solution, f"expected a string, got {type(solution).__name__}")
   raw_id = get(fields.id, False)
@@ -144,15 +157,16 @@ def _row_problem(row: Any, where: str, index: int, fields: FieldMap, stem: str, 
 
 
 def load_problem_file(path: str, fields: FieldMap = FieldMap(), source: str | None = None) -> list[Problem]:
-  """Load a .jsonl / .json (array) / .parquet problem file; rows without an id get `<stem>-<row>`."""
-  stem = os.path.splitext(os.path.basename(path))[0]
+  """Load problems from a source (problems/sources.py: a file, a glob of shards, a datasets directory);
+  rows without an id get `<stem>-<row>`."""
+  stem = source_stem(path)
   problems, first_seen = [], {}
-  for index, (location, row) in enumerate(_rows(path)):
-    problem = _row_problem(row, f"{path}: {location}", index, fields, stem, source or stem)
+  for index, (location, row) in enumerate(read_rows(path)):
+    problem = _row_problem(row, location, index, fields, stem, source or stem)
     if problem.id in first_seen:
-      raise ProblemFileError(
-          f"{path}: {location}: field {fields.id!r}: duplicate id {problem.id!r} "
-          f"(first at {first_seen[problem.id]})")
+      first, file = first_seen[problem.id], location.rpartition(": ")[0]
+      first = first.removeprefix(file + ": ")  # in the same file: 'line 1' is enough
+      raise ProblemFileError(f"{location}: field {fields.id!r}: duplicate id {problem.id!r} (first at {first})")
     first_seen[problem.id] = location
     problems.append(problem)
   return problems

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from paced_jax import artifacts
 from paced_jax import config as config_lib
 from paced_jax.evaluation import benchmarks, retain_sets
-from paced_jax.model import config as model_config, safetensors_io, tokenization
+from paced_jax.model import config as model_config, hf_checkpoint, tokenization
 from paced_jax.problems import records
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -28,7 +28,7 @@ CONFIG = config_flags.DEFINE_config_file(
 
 # Mistakes in settings or inputs, not bugs: their messages say what to fix.
 USER_ERRORS = (config_lib.ConfigError, artifacts.ArtifactError, records.ProblemFileError, benchmarks.BenchmarkError,
-               retain_sets.RetainFileError, model_config.ModelConfigError, safetensors_io.CheckpointError,
+               retain_sets.RetainFileError, model_config.ModelConfigError, hf_checkpoint.CheckpointError,
                tokenization.TokenizerError, app.UsageError,
                FileNotFoundError)  # stages raise it for a missing input (a model directory, an earlier stage)
 EXIT_USER_ERROR = 2

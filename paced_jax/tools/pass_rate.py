@@ -19,7 +19,10 @@ def main(argv):
   del argv
   cfg = flags.experiment()
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  student = loaded_model.load(cfg.student, mesh, cfg.model)
+  try:
+    student = loaded_model.load(cfg.student, mesh, cfg.model)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    flags.fail(f"pass_rate: {e}")
   print(pass_rate.run(cfg, student))
 
 

@@ -20,7 +20,10 @@ def main(argv):
   del argv
   cfg = flags.experiment()
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  teacher = loaded_model.load(cfg.teacher or cfg.student, mesh, cfg.model)
+  try:
+    teacher = loaded_model.load(cfg.teacher or cfg.student, mesh, cfg.model)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    flags.fail(f"reference: {e}")
   print(reference.run(cfg, teacher))
   print(teacher_stage.run(cfg, teacher))
 

@@ -35,7 +35,10 @@ VMAP_ROWS = absl_flags.DEFINE_integer("vmap_rows", None, "Per-problem gradients 
 def main(argv):
   del argv
   cfg = flags.experiment()
-  student, teacher = loaded_model.load_student_and_teacher(cfg)
+  try:
+    student, teacher = loaded_model.load_student_and_teacher(cfg)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    flags.fail(f"snr: {e}")
   step = {None: None, "initial": -1}.get(STEP.value, STEP.value)
   if step == "latest":
     with trainer.checkpoint_manager(cfg.workdir) as mngr:

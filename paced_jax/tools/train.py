@@ -17,7 +17,10 @@ absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
 def main(argv):
   del argv
   cfg = flags.experiment()
-  student, teacher = loaded_model.load_student_and_teacher(cfg)
+  try:
+    student, teacher = loaded_model.load_student_and_teacher(cfg)
+  except loaded_model.ModelNotFoundError as e:  # a hub id not in the cache: one line, no traceback
+    flags.fail(f"train: {e}")
   trainer.train(cfg, student, teacher)
 
 
