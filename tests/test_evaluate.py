@@ -1,6 +1,7 @@
 """Evaluate stage: mean@k and its standard error, files, resume, bad benchmark files, a real tiny run."""
 
 import json
+import types
 import math
 import os
 import subprocess
@@ -63,6 +64,7 @@ class FakeModel:
   def __init__(self, ids):
     self.tokenizer = tiny_model.char_tokenizer()
     self.params, self.fingerprint, self.calls, self.ids = None, "fake-model", [], ids
+    self.cfg = types.SimpleNamespace(max_position_embeddings=2048)
 
 
 @pytest.fixture(autouse=True)

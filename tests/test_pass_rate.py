@@ -1,5 +1,6 @@
 """Pass-rate stage: records, histogram, resume after a kill, refusal of mismatched settings."""
 
+import json
 import os
 
 import jax
@@ -7,6 +8,7 @@ import pytest
 
 from paced_jax import workspace
 from paced_jax import artifacts
+from paced_jax.config import ConfigError
 from paced_jax.evaluation import pass_rate
 from stage_fixtures import load_student, tiny_experiment
 
@@ -70,3 +72,13 @@ def test_corrupted_records_refused(tmp_path, student):
     f.write("{}\n")
   with pytest.raises(artifacts.ArtifactError, match="checksum"):
     pass_rate.read_records(directory)
+
+
+def test_a_prompt_too_long_for_the_model_is_refused_by_id_before_anything_is_written(tmp_path, student):
+  source = tmp_path / "long.jsonl"
+  rows = [{"id": "short", "problem": "1 + 1", "answer": "2"}, {"id": "huge", "problem": "7 " * 1500, "answer": "7"}]
+  source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  cfg = tiny_experiment(str(tmp_path / "w"), problems__source=str(source), problems__n_train=2, problems__n_heldout=0)
+  with pytest.raises(ConfigError, match="problem 'huge': its pass_rate.sampling prompt has 30"):
+    pass_rate.run(cfg, student)
+  assert not os.path.exists(workspace.pass_rates_root(cfg.workdir))

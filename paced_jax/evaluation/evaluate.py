@@ -127,6 +127,9 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
     return _read_summary(summary_path, expected)
 
   parts_dir = os.path.join(directory, f"parts-{bench.name}")
+  problems = bench.problems
+  rollouts.check_prompts(model, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
+                         cfg.eval.sampling, "eval.sampling")
   os.makedirs(parts_dir, exist_ok=True)
   settings_path = os.path.join(parts_dir, "settings.json")
   if os.path.exists(settings_path):
@@ -134,7 +137,6 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
     artifacts.expect_fields(settings_path, artifacts.read_json(settings_path), expected)
   else:
     artifacts.write_json(settings_path, expected)
-  problems = bench.problems
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   own_grader = grader is None
   grader = Grader(cfg.verifier) if own_grader else grader

@@ -75,6 +75,8 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
     artifacts.expect_fields(os.path.join(directory, artifacts.MANIFEST), manifest, expected)
     return directory
 
+  rollouts.check_prompts(student, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
+                         cfg.pass_rate.sampling, "pass_rate.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   current = params if params is not None else student.params
   with Grader(cfg.verifier) as grader:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from paced_jax.config import SamplingConfig
+from paced_jax.config import ConfigError, SamplingConfig
 from paced_jax.evaluation.verifier import Grader, Verdict
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.records import Problem
@@ -41,6 +41,19 @@ class Graded:
   @property
   def lengths(self) -> list[int]:
     return [int(len(t)) for t in self.token_ids]
+
+
+def check_prompts(model: LoadedModel, problems: Sequence[Problem], render, sampling: SamplingConfig,
+                  where: str) -> None:
+  """Refuse, before anything is sampled or written, a prompt with no room for `max_new_tokens` within
+  the model's positions; the error names the problem. `render(tokenizer, problem)` gives its ids."""
+  room = model.cfg.max_position_embeddings - sampling.max_new_tokens
+  for p in problems:
+    n = len(render(model.tokenizer, p))
+    if n > room:
+      raise ConfigError(f"problem {p.id!r}: its {where} prompt has {n} tokens; with {where} max_new_tokens "
+                        f"{sampling.max_new_tokens} that exceeds the model's {model.cfg.max_position_embeddings} "
+                        "positions (shorten or drop the problem, or lower max_new_tokens)")
 
 
 def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
