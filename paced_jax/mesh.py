@@ -1,6 +1,6 @@
 """Device mesh ('data', 'fsdp', 'tensor'), logical-axis rules, and the shardings built from them.
 
-Parameters carry logical axis names (model.py); one rules table maps each name to a mesh axis.
+Parameters carry logical axis names (model/decoder.py); one rules table maps each name to a mesh axis.
 A dimension that a mesh axis does not divide evenly is replicated instead (e.g. 3 kv heads on
 a tensor axis of 2), so every preset runs on every mesh, just less sharded.
 """

@@ -5,7 +5,7 @@ solution is the forward KL against a one-hot teacher in the sparse top-k form, k
 token), log-prob 0, tail mass 0. Nothing else about the step changes, so the lab exercises the
 same code its experiments then use.
 
-The corpus is an endless stream of lab problems from the *train* partition (lab_tasks), levels
+The corpus is an endless stream of lab problems from the *train* partition (problems/lab_arithmetic.py), levels
 in equal shares. A fraction of the examples show the problem with the privileged context the
 self-distillation teacher will get (prompts.teacher_prompt), so the initial student has learnt
 to use it, as a pretrained model would have. The student differs from the teacher in size and
@@ -31,7 +31,7 @@ from flax import nnx
 
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.model import hf_checkpoint
-from paced_jax.problems import lab_arithmetic as lab_tasks
+from paced_jax.problems import lab_arithmetic
 from paced_jax.lab import tokenizer as lab_tokenizer
 from paced_jax.model import decoder as model_lib
 from paced_jax.problems import prompts as prompts_lib
@@ -97,11 +97,11 @@ class Corpus:
     self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
   def problem(self, rng: random.Random):
-    level = rng.choice(sorted(lab_tasks.LEVELS))
+    level = rng.choice(sorted(lab_arithmetic.LEVELS))
     while True:  # the train partition only: held-out expressions are never seen in training
-      expr = lab_tasks.draw(level, rng)
+      expr = lab_arithmetic.draw(level, rng)
       if in_split(expr, "train"):
-        return lab_tasks.make_problem(expr, level, "train")
+        return lab_arithmetic.make_problem(expr, level, "train")
 
   def examples(self, step: int) -> list[Example]:
     rng = random.Random(self.cfg.seed * 1_000_003 + step)
@@ -164,7 +164,7 @@ def train_model(spec: ModelSpec, cfg: BootstrapConfig, tokenizer, prompts: Promp
 
 def expected_settings(role: str, spec: ModelSpec, cfg: BootstrapConfig, prompts: PromptConfig, seed: int) -> dict:
   return {"role": role, "spec": to_json(spec), "bootstrap": to_json(dataclasses.replace(cfg, teacher=None, student=None)),
-          "prompts": to_json(prompts), "seed": seed, "tasks": lab_tasks.settings(),
+          "prompts": to_json(prompts), "seed": seed, "tasks": lab_arithmetic.settings(),
           "vocabulary": lab_tokenizer.vocabulary()}
 
 

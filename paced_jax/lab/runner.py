@@ -30,7 +30,7 @@ from paced_jax import workspace
 from paced_jax import artifacts, mesh as mesh_lib
 from paced_jax.evaluation import evaluate
 from paced_jax.lab import bootstrap as lab_bootstrap
-from paced_jax.problems import lab_arithmetic as lab_tasks
+from paced_jax.problems import lab_arithmetic
 from paced_jax.model import loaded as loaded_model
 from paced_jax.evaluation import pass_rate
 from paced_jax.problems import prepare as prepare_lib
@@ -124,7 +124,7 @@ def _solved_set(lab: LabConfig, cfg: ExperimentConfig, student) -> str:
   if os.path.exists(path):
     return path
   p = cfg.problems
-  pool = lab_tasks.generate(p.n_heldout + lab.retain_pool, p.seed, "heldout")[p.n_heldout:]  # prefix-stable
+  pool = lab_arithmetic.generate(p.n_heldout + lab.retain_pool, p.seed, "heldout")[p.n_heldout:]  # prefix-stable
   pool_dir = os.path.join(workspace.lab_shared_dir(lab.workdir), "pool")
   pool_file = os.path.join(pool_dir, "pool.jsonl")
   if not os.path.exists(pool_file):

@@ -20,7 +20,7 @@ from tokenizers import decoders, models, pre_tokenizers
 from paced_jax.model import tiny as tiny_model
 
 UNK = "<unk>"
-# The words of lab prompts (lab_tasks.PROMPT), solutions, the teacher's context templates
+# The words of lab prompts (lab_arithmetic.PROMPT), solutions, the teacher's context templates
 # (configs/lab.py) and the chat roles. A template using another word would tokenize it as <unk>.
 WORDS = ("Compute", "Answer", "Solution", "Hint", "answer", "is", "user", "assistant", "system")
 SYMBOLS = " \n+-*=:.,?()"

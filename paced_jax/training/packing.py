@@ -1,6 +1,6 @@
 """Sequences (prompt + response + teacher signal) -> packed [B, T] rows of a train_step Batch.
 
-Convention (shared with teacher_scoring.py): the distribution at position t predicts token t + 1,
+Convention (shared with model/scoring.py): the distribution at position t predicts token t + 1,
 so response token j of a sequence whose prompt has P tokens is trained at position P - 1 + j.
 """
 
