@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 
 from paced_jax import mesh as mesh_lib
+from paced_jax.model import attention as attention_lib
 from paced_jax.model import decoder as model_lib
 from paced_jax.model import config as model_config
 from paced_jax.training import trainer
@@ -183,6 +184,7 @@ class AOTReport:
   seq_len: int
   micro_batches: int
   divergence: str
+  attention: str               # the implementation the step compiled with (model.attention resolved)
   compute_dtype: str
   remat: bool
   argument_bytes: int
@@ -279,7 +281,9 @@ def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | No
       notes.append(f"teacher {cfg.teacher!r}: shapes unknown here, its weights are not counted as resident")
   return AOTReport(
       target=target, model=where, params=n_params, mesh=dict(mesh.shape), rows=rows, seq_len=seq_len,
-      micro_batches=t.micro_batches, divergence=divergence, compute_dtype=mcfg.compute_dtype, remat=mcfg.remat,
+      micro_batches=t.micro_batches, divergence=divergence,
+      attention=attention_lib.resolve(mcfg.attention, seq_len, target.platform),
+      compute_dtype=mcfg.compute_dtype, remat=mcfg.remat,
       argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
       alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
       generated_code_bytes=int(mem.generated_code_size_in_bytes), flops=flops,
@@ -302,7 +306,8 @@ def format_report(r: AOTReport) -> str:
   lines = [
       f"target:      {t.description}",
       f"kind:        {kind}",
-      f"model:       {r.model}, {_count(r.params)} parameters, compute {r.compute_dtype}, remat {r.remat}",
+      f"model:       {r.model}, {_count(r.params)} parameters, compute {r.compute_dtype}, remat {r.remat}, "
+      f"attention {r.attention}",
       "mesh:        " + " ".join(f"{k}={v}" for k, v in r.mesh.items()),
       f"step:        {r.rows} rows x {r.seq_len} tokens, {r.micro_batches} micro-batches, divergence {r.divergence}",
       f"compile:     {r.compile_seconds:.1f} s",
