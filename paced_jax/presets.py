@@ -25,10 +25,12 @@ WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 PROMPTS_PER_STEP = 256
 MAX_RESPONSE_TOKENS = 8192
+MAX_TRAIN_RESPONSE_TOKENS = 16384   # the paper trains on responses up to 16,384 tokens (variant `long`)
 PROMPT_BUDGET = 512          # chat-templated math prompts are far shorter; longer ones are truncated
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{{}}."
 
 METHOD_VARIANTS = ("uniform", "hard_filter", "akl", "two_stage")
+LENGTH_VARIANTS = ("long",)  # packed rows of the paper's longest training responses
 _WEIGHT_VARIANTS = ("uniform", "hard_filter", "akl")  # each replaces the PACED weights: pick one
 
 
@@ -139,10 +141,11 @@ def paper_config(*, workdir: str, student: str, teacher: str, track: str, loss: 
 def build(c: ml_collections.ConfigDict, variant: str, slices: Mapping[str, Slice], file: str) -> ml_collections.ConfigDict:
   """Apply the comma-separated `variant` to the preset `c` built by `file`."""
   options = [o.strip() for o in variant.split(",") if o.strip()]
-  unknown = [o for o in options if o not in METHOD_VARIANTS and o not in slices]
+  unknown = [o for o in options if o not in METHOD_VARIANTS and o not in LENGTH_VARIANTS and o not in slices]
   if unknown:
     raise ValueError(f"{file}: unknown variant(s) {unknown}; expected a comma-separated subset of "
-                     f"{', '.join(METHOD_VARIANTS)} and at most one TPU slice of {', '.join(slices)}")
+                     f"{', '.join(METHOD_VARIANTS + LENGTH_VARIANTS)} and at most one TPU slice of "
+                     f"{', '.join(slices)}")
   weight_options = [o for o in options if o in _WEIGHT_VARIANTS]
   if len(set(weight_options)) > 1:
     raise ValueError(f"{file}: variants {weight_options} each replace the PACED weights; pick one")
@@ -163,6 +166,8 @@ def build(c: ml_collections.ConfigDict, variant: str, slices: Mapping[str, Slice
     # (a reference, so --config.train.steps=N moves it; for odd N a second recompute at step N - 1).
     c.train.stage1_fraction = 0.5
     c.pass_rate.recompute_every = c.train.get_ref("steps") // 2
+  if "long" in options:  # rows for the paper's 16,384-token training responses (kernel attention needed)
+    c.train.seq_len = PROMPT_BUDGET + MAX_TRAIN_RESPONSE_TOKENS
   method = sorted({o for o in options if o in METHOD_VARIANTS})
   if method:
     c.workdir += "_" + "_".join(method)

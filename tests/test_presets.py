@@ -115,3 +115,8 @@ def test_variants_change_the_workdir_but_slices_do_not():
 def test_bad_variants_raise(name, variant, message):
   with pytest.raises(ValueError, match=message):
     _module(name).get_config(variant)
+
+
+def test_long_variant_packs_the_papers_longest_training_responses():
+  c = config_lib.experiment(_module("qwen3_distill").get_config("v5e-256,long"))
+  assert c.train.seq_len == paper_presets.PROMPT_BUDGET + 16384 and c.mesh.fsdp == 256
