@@ -27,7 +27,8 @@ Axis legend (shape suffixes on array names, e.g. `logits_BTV`), one meaning per 
   P  problems                        R  rollouts per problem (the paper's K)
   A  pass-rate buckets (A = R + 1: correct counts 0..R)           X  projected gradient dims
   U  rows (prompts) being refilled   W  prompt (bucket) length
-  Q  queried positions of a row (retain scoring)
+  Q  KV-cache pages (paged cache)     Y  slots per page
+  I  positions a row is read at (retain scoring)
 """
 
 __version__ = "0.1.0"

@@ -60,17 +60,17 @@ def choice_sequences(tokenizer, questions: Sequence[MCQuestion], prompts: Prompt
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("valid_vocab",))
-def target_logprobs(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, where_BQ, targets_BQ, *,
+def target_logprobs(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, where_BI, targets_BI, *,
                     valid_vocab: int):
-  """log p(targets_BQ[b, n] | row b up to position where_BQ[b, n]): one forward, logits only there."""
+  """log p(targets_BI[b, i] | row b up to position where_BI[b, i]): one forward, logits only there."""
   model = nnx.merge(graphdef, params)
   hidden_BTD = model(tokens_BT, positions_BT, segment_ids_BT)
-  hidden_BQD = jnp.take_along_axis(hidden_BTD, where_BQ[..., None], axis=1)
-  logits_BQV = model.logits(hidden_BQD)
-  V = logits_BQV.shape[-1]
-  logits_BQV = jnp.where(jnp.arange(V) < valid_vocab, logits_BQV, -jnp.inf)  # padded rows are no tokens
-  logp_BQV = jax.nn.log_softmax(logits_BQV, axis=-1)
-  return jnp.take_along_axis(logp_BQV, targets_BQ[..., None], axis=-1)[..., 0]
+  hidden_BID = jnp.take_along_axis(hidden_BTD, where_BI[..., None], axis=1)
+  logits_BIV = model.logits(hidden_BID)
+  V = logits_BIV.shape[-1]
+  logits_BIV = jnp.where(jnp.arange(V) < valid_vocab, logits_BIV, -jnp.inf)  # padded rows are no tokens
+  logp_BIV = jax.nn.log_softmax(logits_BIV, axis=-1)
+  return jnp.take_along_axis(logp_BIV, targets_BI[..., None], axis=-1)[..., 0]
 
 
 def sequence_logprobs(model: LoadedModel, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *,
