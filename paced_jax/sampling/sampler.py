@@ -1,7 +1,9 @@
 """Jitted sampling with a preallocated KV cache and continuous batching, on the training mesh.
 
-Axis legend: B decode rows, R rows being refilled, P prompt bucket, S cache slots, V vocabulary,
-N new tokens.
+Axis letters as in paced_jax/__init__.py (B decode rows, S cache slots, V vocabulary, J KV heads, Q
+pages, Y slots per page), with these local to this module: U distinct prompts being prefilled, R
+refill rows (R = B), P a prompt bucket's length, N new tokens, and in the two-level sampling N
+vocabulary blocks of L ids each (k top-k candidates).
 
 A fixed set of B rows decodes in one jitted `lax.while_loop` of up to `chunk_steps` steps. Between
 chunks the host hands finished rows new prompts, prefilled in parallel straight into those rows
