@@ -16,6 +16,9 @@ from tensorboardX import SummaryWriter
 
 from paced_jax import artifacts, workspace
 from paced_jax.config import WandbConfig
+from paced_jax.evaluation import evaluate
+
+SAMPLE_RESPONSES = 4  # per benchmark and evaluation: enough to eyeball, small enough to scroll
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -45,6 +48,10 @@ class MetricsWriter:
       self.run = wandb_lib.init(project=wandb.project, entity=wandb.entity or None, name=wandb.name or None,
                                 mode=wandb.mode, dir=run_dir, reinit="create_new")
       self._wandb = wandb_lib
+
+  @property
+  def active(self) -> bool:
+    return self.tb is not None
 
   def open_train_log(self, start_step: int) -> None:
     """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume)."""
@@ -118,3 +125,20 @@ class MetricsWriter:
     if self.run is not None:
       self.run.finish()
       self.run = None
+
+
+def log_evaluation(log: MetricsWriter, workdir: str, result: dict, step: int) -> None:
+  """An evaluate.evaluate() result at `step`: per benchmark mean@k and SE (one curve over evaluations), the
+  retain accuracy, and the first responses with their verdicts."""
+  if not log.active:
+    return
+  for name, s in result["benchmarks"].items():
+    log.scalars(step, {k: s[k] for k in ("accuracy", "se", "greedy_pass1") if s.get(k) is not None},
+                prefix=f"eval/{name}/")
+    records = evaluate.read_responses(evaluate.responses_file(workspace.eval_dir(workdir, result["tag"]), name))
+    log.texts(f"samples/{name}", [f"{r['id']} (answer {r['truth']}; {'correct' if r['verdicts'][0] else 'wrong'}, "
+                                  f"extracted {r['extracted'][0]}):\n{r['responses'][0]}"
+                                  for r in records[:SAMPLE_RESPONSES]], step)
+  retain = result.get("retain")
+  if retain and retain.get("accuracy") is not None:
+    log.scalars(step, {"accuracy": retain["accuracy"]}, prefix=f"eval/retain_{retain['retain_set']}/")

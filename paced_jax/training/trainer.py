@@ -143,10 +143,10 @@ def _log_step(log: metrics_lib.MetricsWriter, record: dict) -> None:
 
 
 def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, progress: bool = True,
-          metrics: metrics_lib.MetricsWriter | None = None) -> int:
+          writer: metrics_lib.MetricsWriter | None = None) -> int:
   """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM.
 
-  `metrics` (the caller's, left open) or else a writer of its own, closed at the end."""
+  `writer` (the caller's, left open) or else a writer of its own, closed at the end."""
   t = cfg.train
   mesh = student.mesh
   extended = check_resume(cfg)
@@ -170,7 +170,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
     print(f"resumed from checkpoint at step {start}")
   offline = training_data.load_offline(cfg, teacher) if any(src == "offline" for src, _ in stages) else None
   teacher_params = teacher.params  # frozen: the initial student in self-distillation
-  log = metrics if metrics is not None else metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
+  log = writer if writer is not None else metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
   log.open_train_log(start)
   _log_start(log, cfg, start)
   term = _Termination()
@@ -225,7 +225,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   finally:
     bar.close()
     log.close_train_log()
-    if metrics is None:
+    if writer is None:
       log.close()
     term.restore()
     mngr.close()
