@@ -112,7 +112,29 @@ def test_resume_drops_lines_past_the_step_and_a_torn_tail(tmp_path):
   with open(workspace.train_metrics_file(str(tmp_path)), "w") as f:
     f.write("".join(lines) + '{"step": 4, "lo')
   log = metrics.MetricsWriter(str(tmp_path))
-  log.open_train_log(2)
+  with pytest.warns(UserWarning, match="line 4 is cut short"):
+    log.open_train_log(2)
   log.scalars(3, {"loss": 1.0}, prefix="train/", jsonl=True)
   log.close()
   assert open(workspace.train_metrics_file(str(tmp_path))).read() == lines[0] + lines[1] + '{"step": 3, "loss": 1.0}\n'
+
+
+def test_an_evaluation_logs_accuracy_se_retain_and_sample_responses(tmp_path):
+  workdir = str(tmp_path)
+  directory = workspace.eval_dir(workdir, "final")
+  os.makedirs(directory)
+  with open(os.path.join(directory, "heldout.responses.jsonl"), "w") as f:
+    for i in range(6):
+      f.write(json.dumps({"id": f"p{i}", "truth": str(i), "verdicts": [i % 2 == 0], "extracted": [str(i)],
+                          "responses": [f"the answer is {i}"]}) + "\n")
+  result = {"tag": "final", "benchmarks": {"heldout": {"accuracy": 0.5, "se": 0.125, "greedy_pass1": None}},
+            "retain": {"retain_set": "mmlu", "accuracy": 0.75}}
+  log = metrics.MetricsWriter(workdir)
+  metrics.log_evaluation(log, workdir, result, 7)
+  log.close()
+  events = _tb_events(workspace.tensorboard_dir(workdir))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+  assert scalars == {("eval/heldout/accuracy", 7): 0.5, ("eval/heldout/se", 7): 0.125,
+                     ("eval/retain_mmlu/accuracy", 7): 0.75}
+  (text,) = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value if v.tag.startswith("samples")]
+  assert text.count("the answer is") == 4 and "p0 (answer 0; correct" in text and "p1 (answer 1; wrong" in text
