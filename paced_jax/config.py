@@ -320,6 +320,16 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """Weights & Biases logging (the `wandb` extra), on process 0 beside metrics/ jsonl and TensorBoard."""
+  project: str = ""        # "" = no W&B
+  mode: str = "offline"    # offline (sync later with `wandb sync`) | online | disabled
+  entity: str = ""         # "" = the account's default
+  name: str = ""           # run name ("" = W&B picks one)
+  dir: str = ""            # run files ("" = $WANDB_DIR, else <workdir>/metrics)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   workdir: str = "workdir/demo"
   student: str = "demo:smollm2"     # a Hugging Face directory, or demo:smollm2 (bundled GGUF)
@@ -338,6 +348,7 @@ class ExperimentConfig:
   eval: EvalConfig = EvalConfig()
   snr: SNRConfig = SNRConfig()
   run_snr: bool = False             # the pipeline measures gradient SNR at the initial student (and at snr.step)
+  wandb: WandbConfig = WandbConfig()
 
 
 _CHOICES = {
@@ -348,6 +359,7 @@ _CHOICES = {
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention": ATTENTION_IMPLEMENTATIONS,
+    "wandb.mode": ("offline", "online", "disabled"),
 }
 
 

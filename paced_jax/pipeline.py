@@ -25,6 +25,7 @@ from paced_jax.analysis import report
 from paced_jax.analysis import snr
 from paced_jax.teacher import stage as teacher_stage
 from paced_jax.training import checkpoints
+from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
 
@@ -87,9 +88,27 @@ def run(cfg: ExperimentConfig) -> str:
     snr.run(cfg, student, teacher, step=-1)  # the initial student; snr.step (if set) after training
   _banner(next(step), n, "evaluate initial student")
   initial = evaluate.evaluate(cfg, student, tag=evaluate.BASELINE_TAG)
-  _banner(next(step), n, "train")
-  trainer.train(cfg, student, teacher)
-  _banner(next(step), n, "evaluate trained student")
+  log = metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)  # one run (W&B) for the evaluations and training
+  try:
+    metrics_lib.log_evaluation(log, cfg.workdir, initial, 0)
+    _banner(next(step), n, "train")
+    trainer.train(cfg, student, teacher, writer=log)
+    trained_step, final, export_dir = _evaluate_trained(cfg, student, teacher, next(step), n)
+    metrics_lib.log_evaluation(log, cfg.workdir, final, trained_step)
+  finally:
+    log.close()
+  _banner(next(step), n, "report")
+  path = report.build_report(cfg.workdir)
+  print("\ninitial student:\n" + evaluate.format_table(initial))
+  print("\ntrained student (step %d):\n" % trained_step + evaluate.format_table(final))
+  print(f"\ntrained model (Hugging Face format): {export_dir}")
+  print(f"report: {path}   ({(time.time() - tic) / 60:.1f} min)")
+  return path
+
+
+def _evaluate_trained(cfg: ExperimentConfig, student, teacher, i: int, n: int) -> tuple[int, dict, str]:
+  """Evaluate and export the latest checkpoint; returns (its step, the evaluation result, the export directory)."""
+  _banner(i, n, "evaluate trained student")
   if cfg.run_snr and cfg.snr.step >= 0:
     snr.run(cfg, student, teacher)  # snr/step<N>/
   trained_step, params = trainer.restore_params(cfg, student)
@@ -103,11 +122,4 @@ def run(cfg: ExperimentConfig) -> str:
   if not os.path.exists(os.path.join(export_dir, artifacts.MANIFEST)):
     hf_checkpoint.export_hf(params, student.cfg, export_dir, tokenizer_dir=student.model_dir)
     artifacts.write_manifest(export_dir, EXPORT_KIND, **source)  # last: marks the export complete
-
-  _banner(next(step), n, "report")
-  path = report.build_report(cfg.workdir)
-  print("\ninitial student:\n" + evaluate.format_table(initial))
-  print("\ntrained student (step %d):\n" % trained_step + evaluate.format_table(final))
-  print(f"\ntrained model (Hugging Face format): {export_dir}")
-  print(f"report: {path}   ({(time.time() - tic) / 60:.1f} min)")
-  return path
+  return trained_step, final, export_dir

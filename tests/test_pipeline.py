@@ -8,6 +8,7 @@ import transformers
 
 from paced_jax import artifacts, config as config_lib, pipeline
 from stage_fixtures import load_config_file
+from test_metrics import _tb_events
 
 
 @pytest.mark.slow
@@ -26,6 +27,11 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   assert os.path.isdir(os.path.join(w, "checkpoints", str(cfg.train.steps)))
   lines = open(os.path.join(w, "metrics", "train.jsonl")).read().splitlines()
   assert len(lines) == cfg.train.steps
+  events = _tb_events(os.path.join(w, "metrics", "tensorboard"))
+  accuracy = {e.step: v.simple_value for e in events for v in e.summary.value if v.tag == "eval/heldout/accuracy"}
+  for tag, step in [("initial", 0), ("final", cfg.train.steps)]:
+    index = artifacts.read_manifest(os.path.join(w, "eval", tag), "eval")["benchmarks"]["heldout"]
+    assert accuracy[step] == pytest.approx(index["accuracy"], abs=1e-6)
   assert transformers.AutoModelForCausalLM.from_pretrained(os.path.join(w, "export")) is not None
   report = open(report_path).read()
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)

@@ -121,7 +121,7 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
   """Evaluate (or resume, or reuse) one benchmark; returns its summary."""
   directory = workspace.eval_dir(cfg.workdir, tag)
   summary_path = os.path.join(directory, f"{bench.name}.json")
-  responses_path = os.path.join(directory, f"{bench.name}.responses.jsonl")
+  responses_path = responses_file(directory, bench.name)
   expected = _identity(cfg, bench, tag, fingerprint)
   if os.path.exists(summary_path):
     return _read_summary(summary_path, expected)
@@ -164,6 +164,10 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
   artifacts.write_json(summary_path, summary)  # last: its presence marks the result complete
   shutil.rmtree(parts_dir)
   return summary
+
+
+def responses_file(directory: str, benchmark: str) -> str:
+  return os.path.join(directory, f"{benchmark}.responses.jsonl")
 
 
 def read_responses(path: str) -> list[dict]:

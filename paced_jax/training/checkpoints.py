@@ -23,7 +23,8 @@ from paced_jax.config import ExperimentConfig, to_json
 
 KIND = "checkpoints"
 # Settings that do not change the parameters a step produces.
-NOT_TRAINING = ("workdir", "eval", "snr", "run_snr", "mesh", "train.checkpoint_every", "train.max_skipped_in_a_row")
+NOT_TRAINING = ("workdir", "eval", "snr", "run_snr", "mesh", "train.checkpoint_every", "train.max_skipped_in_a_row",
+               "wandb")
 # Settings a resumed run may change, and in which direction: training continues, later stages re-run.
 EXTENDABLE = {"train.steps": "up"}
 

@@ -9,8 +9,6 @@ position is the step number, so a resumed run continues with exactly the batches
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 import warnings
@@ -20,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from paced_jax import workspace
@@ -30,8 +27,9 @@ from paced_jax.model import tokenization
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
+from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import train_step as ts
-from paced_jax.config import ConfigError, ExperimentConfig
+from paced_jax.config import ConfigError, ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
@@ -130,45 +128,25 @@ class _Termination:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-class MetricsLog:
-  """metrics/train.jsonl + TensorBoard; on resume, lines past the restored step are dropped."""
-
-  def __init__(self, workdir: str, start_step: int):
-    self.file = self.tb = None
-    if jax.process_index() != 0:
-      return  # the workspace is shared: a second writer's rewrite would orphan process 0's open file
-    os.makedirs(workspace.metrics_dir(workdir), exist_ok=True)
-    self.path = workspace.train_metrics_file(workdir)
-    kept = []
-    if os.path.exists(self.path):  # a kill may have cut the last line short
-      kept = [r for r in artifacts.read_jsonl_lines(self.path, drop_torn_tail=True) if r["step"] <= start_step]
-    with artifacts.atomic_open(self.path) as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    self.file = open(self.path, "a")
-    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir))
-
-  def write(self, record: dict) -> None:
-    if self.file is None:
-      return
-    self.file.write(json.dumps(record) + "\n")
-    self.file.flush()
-    for key, value in record.items():
-      if isinstance(value, (int, float)) and key != "step":
-        self.tb.add_scalar(f"train/{key}", value, record["step"])
-      elif key == "bucket_loss":
-        for b, v in enumerate(value):
-          if record["bucket_count"][b]:
-            self.tb.add_scalar(f"bucket_loss/correct_{b}_of_{len(value) - 1}", v, record["step"])
-
-  def close(self) -> None:
-    if self.file:
-      self.file.close()
-    if self.tb:
-      self.tb.close()
+def _log_start(log: metrics_lib.MetricsWriter, cfg: ExperimentConfig, start: int) -> None:
+  """Settings and the round-0 pass-rate histogram (the weights training starts from), at the first step logged."""
+  log.hparams(to_json(cfg))
+  rates = artifacts.read_manifest(workspace.pass_rates_dir(cfg.workdir, 0), pass_rate.KIND)
+  log.histogram("pass_rate/round_0", rates["histogram"], start)
 
 
-def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, progress: bool = True) -> int:
-  """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM."""
+def _log_step(log: metrics_lib.MetricsWriter, record: dict) -> None:
+  log.scalars(record["step"], record, prefix="train/", jsonl=True)
+  losses, counts = record["bucket_loss"], record["bucket_count"]
+  log.scalars(record["step"], {f"correct_{b}_of_{len(losses) - 1}": v for b, v in enumerate(losses) if counts[b]},
+              prefix="bucket_loss/")
+
+
+def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, progress: bool = True,
+          writer: metrics_lib.MetricsWriter | None = None) -> int:
+  """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM.
+
+  `writer` (the caller's, left open) or else a writer of its own, closed at the end."""
   t = cfg.train
   mesh = student.mesh
   extended = check_resume(cfg)
@@ -192,7 +170,9 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
     print(f"resumed from checkpoint at step {start}")
   offline = training_data.load_offline(cfg, teacher) if any(src == "offline" for src, _ in stages) else None
   teacher_params = teacher.params  # frozen: the initial student in self-distillation
-  log = MetricsLog(cfg.workdir, start)
+  log = writer if writer is not None else metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
+  log.open_train_log(start)
+  _log_start(log, cfg, start)
   term = _Termination()
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)
@@ -217,7 +197,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       record = {"step": s + 1, "stage": source, "divergence": div, "seconds": seconds,
                 "tokens_per_s": float(m["tokens"]) / seconds, "dropped_sequences": dropped,
                 "generated_tokens": generated, "lr": float(ts.learning_rate(steps[div])(s)), **_plain(m)}
-      log.write(record)
+      _log_step(log, record)
       skipped_in_a_row = skipped_in_a_row + 1 if record["skipped"] else 0
       if skipped_in_a_row:
         warnings.warn(f"step {s + 1}: non-finite loss or gradients (or no weight in the batch); update skipped "
@@ -244,7 +224,9 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         data = training_data.weighted_problems(cfg, r)
   finally:
     bar.close()
-    log.close()
+    log.close_train_log()
+    if writer is None:
+      log.close()
     term.restore()
     mngr.close()
   return t.steps

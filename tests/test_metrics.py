@@ -1,0 +1,140 @@
+"""The metrics writer: a tiny training run logs to train.jsonl, TensorBoard event files and an offline W&B run."""
+
+import glob
+import json
+import os
+import shutil
+import struct
+
+import pytest
+from tensorboardX.proto import event_pb2
+
+from paced_jax import workspace
+from paced_jax.training import metrics, trainer
+import tiny_workspace
+from stage_fixtures import tiny_experiment
+
+
+def _tb_events(directory):
+  """Every event of the TFRecord files under `directory` (record = u64 length, u32 crc, data, u32 crc)."""
+  events = []
+  for path in sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)):
+    data = open(path, "rb").read()
+    i = 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+      i += 12 + n + 4
+  return events
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  pytest.importorskip("wandb")
+  tmp_path = tmp_path_factory.mktemp("metrics")
+  prepared = tiny_workspace.prepared(tmp_path_factory)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(prepared[0], workdir)
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv("WANDB_MODE", "offline")
+    env.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    env.setenv("WANDB_SILENT", "true")
+    cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2,
+                          wandb__project="paced-test")
+    trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  lines = open(workspace.train_metrics_file(workdir)).read().splitlines()
+  return workdir, [json.loads(line) for line in lines], lines, str(tmp_path / "wandb_dir")
+
+
+def test_train_jsonl_keeps_its_format(trained):
+  _, records, lines, _ = trained
+  assert [r["step"] for r in records] == [1, 2]
+  # One json.dumps line per step, "step" first, as train.jsonl has always been written.
+  assert lines == [json.dumps(r) for r in records]
+  assert list(records[0])[:3] == ["step", "stage", "divergence"]
+
+
+def test_tensorboard_has_the_train_scalars_histogram_and_settings(trained):
+  workdir, records, _, _ = trained
+  events = _tb_events(workspace.tensorboard_dir(workdir))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+  for r in records:
+    assert scalars[("train/loss", r["step"])] == pytest.approx(r["loss"], rel=1e-6)
+    assert scalars[("train/lr", r["step"])] == pytest.approx(r["lr"], rel=1e-6)
+  tags = {v.tag for e in events for v in e.summary.value}
+  assert "pass_rate/round_0" in tags and any(t.startswith("hparams") for t in tags)
+  (histo,) = [v.histo for e in events for v in e.summary.value if v.tag == "pass_rate/round_0"]
+  manifest = json.load(open(os.path.join(workspace.pass_rates_dir(workdir, 0), "manifest.json")))
+  assert list(histo.bucket) == manifest["histogram"] and histo.num == sum(manifest["histogram"])
+
+
+def _wandb_records(path):
+  """The protobuf records of an offline run's .wandb file (a LevelDB-style log: 7-byte file header, 32 KiB
+  blocks of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full 1 / first 2 / middle 3 / last 4)."""
+  from wandb.proto import wandb_internal_pb2
+  data = open(path, "rb").read()
+  assert struct.unpack("<4sH", data[:6]) == (b":W&B", 0xBEE1)
+  records, chunk, i = [], b"", 7
+  while i + 7 <= len(data):
+    left = 32768 - i % 32768
+    n, kind = struct.unpack("<HB", data[i + 4:i + 7]) if left >= 7 else (0, 0)
+    if kind == 0:  # block trailer padding
+      i += left
+      continue
+    chunk += data[i + 7:i + 7 + n]
+    i += 7 + n
+    if kind in (1, 4):
+      records.append(wandb_internal_pb2.Record.FromString(chunk))
+      chunk = b""
+  return records
+
+
+def test_offline_wandb_run_has_the_train_loss_histogram_and_settings(trained):
+  workdir, records, _, wandb_dir = trained
+  (path,) = glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*", "run-*.wandb"))
+  rows, config = [], {}
+  for r in _wandb_records(path):
+    if r.WhichOneof("record_type") == "history":
+      rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item})
+    elif r.WhichOneof("record_type") == "config":
+      config.update({u.key: json.loads(u.value_json) for u in r.config.update})
+  losses = {row["_step"]: row["train/loss"] for row in rows if "train/loss" in row}
+  assert losses == pytest.approx({r["step"]: r["loss"] for r in records}, rel=1e-6)
+  manifest = json.load(open(os.path.join(workspace.pass_rates_dir(workdir, 0), "manifest.json")))
+  (histogram,) = [row["pass_rate/round_0/values"] for row in rows if "pass_rate/round_0/values" in row]
+  assert histogram == manifest["histogram"]
+  assert config["train.steps"] == 2 and config["track"] == "distill"
+
+
+def test_resume_drops_lines_past_the_step_and_a_torn_tail(tmp_path):
+  os.makedirs(workspace.metrics_dir(str(tmp_path)))
+  lines = ['{"step": 1, "loss": 0.5}\n', '{"step": 2, "loss": 0.25}\n', '{"step": 3, "loss": 0.125}\n']
+  with open(workspace.train_metrics_file(str(tmp_path)), "w") as f:
+    f.write("".join(lines) + '{"step": 4, "lo')
+  log = metrics.MetricsWriter(str(tmp_path))
+  with pytest.warns(UserWarning, match="line 4 is cut short"):
+    log.open_train_log(2)
+  log.scalars(3, {"loss": 1.0}, prefix="train/", jsonl=True)
+  log.close()
+  assert open(workspace.train_metrics_file(str(tmp_path))).read() == lines[0] + lines[1] + '{"step": 3, "loss": 1.0}\n'
+
+
+def test_an_evaluation_logs_accuracy_se_retain_and_sample_responses(tmp_path):
+  workdir = str(tmp_path)
+  directory = workspace.eval_dir(workdir, "final")
+  os.makedirs(directory)
+  with open(os.path.join(directory, "heldout.responses.jsonl"), "w") as f:
+    for i in range(6):
+      f.write(json.dumps({"id": f"p{i}", "truth": str(i), "verdicts": [i % 2 == 0], "extracted": [str(i)],
+                          "responses": [f"the answer is {i}"]}) + "\n")
+  result = {"tag": "final", "benchmarks": {"heldout": {"accuracy": 0.5, "se": 0.125, "greedy_pass1": None}},
+            "retain": {"retain_set": "mmlu", "accuracy": 0.75}}
+  log = metrics.MetricsWriter(workdir)
+  metrics.log_evaluation(log, workdir, result, 7)
+  log.close()
+  events = _tb_events(workspace.tensorboard_dir(workdir))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+  assert scalars == {("eval/heldout/accuracy", 7): 0.5, ("eval/heldout/se", 7): 0.125,
+                     ("eval/retain_mmlu/accuracy", 7): 0.75}
+  (text,) = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value if v.tag.startswith("samples")]
+  assert text.count("the answer is") == 4 and "p0 (answer 0; correct" in text and "p1 (answer 1; wrong" in text
