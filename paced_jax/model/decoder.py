@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from paced_jax.model import attention as attention_lib
-from paced_jax.model.attention import attend, attention_mask  # noqa: F401  (the sampler's cache path)
+from paced_jax.model.attention import attend
 from paced_jax.model.config import ModelConfig, RopeConfig
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from paced_jax import mesh as mesh_lib
-from paced_jax.model import decoder as model_lib
+from paced_jax.model import attention as attention_lib, decoder as model_lib
 from paced_jax.model.config import ModelConfig
 
 
@@ -147,13 +147,13 @@ def prefill(cfg: ModelConfig, params: dict, tokens_BT, positions_BT, segment_ids
   """
   B, T = tokens_BT.shape
   slots_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-  mask_BTS = model_lib.attention_mask(segment_ids_BT, slots_BT, segment_ids_BT, slots_BT)
+  mask_BTS = attention_lib.attention_mask(segment_ids_BT, slots_BT, segment_ids_BT, slots_BT)
   return _run_layers(cfg, params, tokens_BT, positions_BT, mask_BTS)
 
 
 def _mask(segment_ids_BT, slots_BT, segments_BS):
   B, S = segments_BS.shape
-  return model_lib.attention_mask(segment_ids_BT, slots_BT, segments_BS,
+  return attention_lib.attention_mask(segment_ids_BT, slots_BT, segments_BS,
                                   jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S)))
 
 
