@@ -205,7 +205,7 @@ class SNRConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProblemsConfig:
-  source: str = "builtin:easy_arithmetic"   # builtin:<name> or a .jsonl / .json / .parquet file
+  source: str = "builtin:easy_arithmetic"   # builtin:<name>, a .jsonl/.json/.parquet file, a glob, a datasets dir
   n_train: int = 256
   n_heldout: int = 64
   seed: int = 0
