@@ -198,3 +198,34 @@ def test_a_killed_run_resumes_the_same_wandb_run_without_repeating_steps(tmp_pat
     (meta,) = [r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run"]
     assert meta.run_id == run_id
   assert json.load(open(workspace.wandb_run_file(workdir)))["id"] == run_id
+
+
+def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(trained, tmp_path_factory, monkeypatch):
+  from paced_jax.tools import evaluate as evaluate_tool
+  workdir, _, _, wandb_dir = trained
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", wandb_dir)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2,
+                        wandb__project="paced-test")
+  before = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*")))
+  tag, result = evaluate_tool.evaluate_model(cfg, tiny_workspace.prepared(tmp_path_factory)[1], 2, None)
+  assert tag == "step2"
+  summary = json.load(open(os.path.join(workspace.eval_dir(workdir, tag), "heldout.json")))
+  events = _tb_events(workspace.tensorboard_dir(workdir))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+  assert scalars[("eval/heldout/accuracy", 2)] == pytest.approx(summary["accuracy"], rel=1e-6)
+  assert scalars[("eval/heldout/se", 2)] == pytest.approx(summary["se"], rel=1e-6)
+  (text,) = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value
+             if v.tag.startswith("samples/heldout") and e.step == 2]
+  responses = open(os.path.join(workspace.eval_dir(workdir, tag), "heldout.responses.jsonl")).read().splitlines()
+  first = json.loads(responses[0])
+  assert text.startswith(f"```\n{first['id']} (answer {first['truth']}; ") and first["responses"][0] in text
+  # W&B: the same run as training, the accuracy drawn over the evaluated checkpoint's step.
+  (run,) = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))) - before
+  assert run.endswith("-" + json.load(open(workspace.wandb_run_file(workdir)))["id"])
+  (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
+  rows = [{"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item}
+          for r in _wandb_records(path) if r.WhichOneof("record_type") == "history"]
+  (row,) = [row for row in rows if "eval/heldout/accuracy" in row]
+  assert row["eval/checkpoint_step"] == 2 and row["eval/heldout/accuracy"] == pytest.approx(summary["accuracy"])
