@@ -180,3 +180,16 @@ def test_prepare_names_the_file_with_a_bad_byte_in_a_glob(tmp_path):
   with pytest.raises(records.ProblemFileError, match=f"{tmp_path / 'b.jsonl'}: line 1: byte .* is not UTF-8"):
     prepare_lib.prepare(str(tmp_path / "w"), str(tmp_path / "*.jsonl"), n_heldout=0,
                         fields=records.FieldMap(id=None))
+
+
+def test_config_problems_fields_layout_with_field_overrides():
+  from paced_jax.config import ConfigError, ProblemsConfig
+  assert prepare_lib.field_map(ProblemsConfig()) == records.FieldMap()
+  assert prepare_lib.field_map(ProblemsConfig(fields="gsm8k")) == records.FieldMap(
+      id=None, prompt="question", answer="answer", solution="answer", level=None, answer_after="####")
+  assert prepare_lib.field_map(ProblemsConfig(fields="dapo", field_id="")) == records.FieldMap(
+      id=None, prompt="prompt", answer="reward_model.ground_truth", solution=None, level=None)
+  assert prepare_lib.field_map(ProblemsConfig(field_id="ID", field_solution="")) == records.FieldMap(
+      id="ID", solution=None)
+  with pytest.raises(ConfigError, match="config.problems.fields is 'dapo17k'; expected one of default, math500"):
+    prepare_lib.field_map(ProblemsConfig(fields="dapo17k"))

@@ -13,9 +13,24 @@ from typing import Any
 from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import builtin, sources
-from paced_jax.problems.records import SPLITS, FieldMap, Problem, ProblemFileError, load_problem_file
+from paced_jax.config import ConfigError, ProblemsConfig
+from paced_jax.problems.records import FIELD_PRESETS, SPLITS, FieldMap, Problem, ProblemFileError, load_problem_file
 
 KIND = "problems"
+
+
+def field_map(p: ProblemsConfig) -> FieldMap:
+  """The columns config.problems names: its `fields` layout with the field_* settings changed from their
+  defaults on top, or (no layout) the field_* settings."""
+  own = {"id": p.field_id or None, "prompt": p.field_prompt, "answer": p.field_answer,
+         "solution": p.field_solution or None}
+  if not p.fields:
+    return FieldMap(**own)
+  if p.fields not in FIELD_PRESETS:
+    raise ConfigError(f"config.problems.fields is {p.fields!r}; expected one of {', '.join(FIELD_PRESETS)}")
+  default = ProblemsConfig()
+  changed = {k: v for k, v in own.items() if getattr(p, f"field_{k}") != getattr(default, f"field_{k}")}
+  return dataclasses.replace(FIELD_PRESETS[p.fields], **changed)
 
 
 def _config(source: str, n_train: int | None, n_heldout: int, seed: int, fields: FieldMap) -> dict:
