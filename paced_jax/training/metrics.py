@@ -79,7 +79,8 @@ class MetricsWriter:
   def open_train_log(self, start_step: int) -> None:
     """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume); and tell
     TensorBoard to hide what an earlier, killed run logged past it (its purge: events of a step >= the
-    SessionLog.START's, read before it). W&B keeps the first value of a step, so nothing repeats there."""
+    SessionLog.START's, read before it). A resumed online W&B run ignores a step below its last (W&B's
+    rule), so a redone step keeps the killed run's value there."""
     if self.tb is None:
       return
     self.tb._get_file_writer().add_event(
