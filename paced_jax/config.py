@@ -205,14 +205,16 @@ class SNRConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProblemsConfig:
-  source: str = "builtin:easy_arithmetic"   # builtin:<name> or a .jsonl / .json / .parquet file
+  source: str = "builtin:easy_arithmetic"   # builtin:<name>, a .jsonl/.json/.parquet file, a glob, a datasets dir
   n_train: int = 256
   n_heldout: int = 64
   seed: int = 0
-  field_id: str = "id"
-  field_prompt: str = "problem"
-  field_answer: str = "answer"
-  field_solution: str = "solution"
+  # With a layout, field_* settings changed from their defaults override its columns (prepare.field_map).
+  fields: str = ""                          # published layout (records.FIELD_PRESETS, e.g. dapo, gsm8k); "" = field_*
+  field_id: str = "id"                      # column of the problem id ("" = number the rows); a.b = nested
+  field_prompt: str = "problem"             # column of the problem text (or chat messages: the user turn)
+  field_answer: str = "answer"              # column of the ground-truth answer
+  field_solution: str = "solution"          # column of a worked solution ("" = none)
 
   def __post_init__(self):
     _require(self, n_train=">= 1", n_heldout=">= 0")

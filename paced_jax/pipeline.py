@@ -19,7 +19,6 @@ from paced_jax.model import hf_checkpoint
 from paced_jax.model import loaded as loaded_model
 from paced_jax.evaluation import pass_rate
 from paced_jax.problems import prepare as prepare_lib
-from paced_jax.problems import records
 from paced_jax.teacher import reference
 from paced_jax.analysis import report
 from paced_jax.analysis import snr
@@ -66,9 +65,8 @@ def run(cfg: ExperimentConfig) -> str:
 
   _banner(next(step), n, stages[0])
   p = cfg.problems
-  fields = records.FieldMap(id=p.field_id or None, prompt=p.field_prompt, answer=p.field_answer,
-                             solution=p.field_solution or None)
-  prepare_lib.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed, fields=fields)
+  prepare_lib.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed,
+                      fields=prepare_lib.field_map(p))
 
   _banner(next(step), n, stages[1])
   student, teacher = loaded_model.load_student_and_teacher(cfg)

@@ -55,6 +55,11 @@ def tensorboard_dir(workdir: str) -> str:
   return os.path.join(metrics_dir(workdir), "tensorboard")
 
 
+def wandb_run_file(workdir: str) -> str:
+  """The W&B run id of this workspace: a resumed or later stage continues that run."""
+  return os.path.join(metrics_dir(workdir), "wandb_run.json")
+
+
 def eval_root(workdir: str) -> str:
   return os.path.join(workdir, "eval")
 

@@ -17,14 +17,16 @@ from stage_fixtures import tiny_experiment
 
 def _tb_events(directory):
   """Every event of the TFRecord files under `directory` (record = u64 length, u32 crc, data, u32 crc)."""
-  events = []
-  for path in sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)):
-    data = open(path, "rb").read()
-    i = 0
-    while i < len(data):
-      (n,) = struct.unpack("<Q", data[i:i + 8])
-      events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
-      i += 12 + n + 4
+  paths = sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True))
+  return [e for path in paths for e in _tb_events_of(path)]
+
+
+def _tb_events_of(path):
+  data, events, i = open(path, "rb").read(), [], 0
+  while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
   return events
 
 
@@ -138,3 +140,92 @@ def test_an_evaluation_logs_accuracy_se_retain_and_sample_responses(tmp_path):
                      ("eval/retain_mmlu/accuracy", 7): 0.75}
   (text,) = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value if v.tag.startswith("samples")]
   assert text.count("the answer is") == 4 and "p0 (answer 0; correct" in text and "p1 (answer 1; wrong" in text
+
+
+def _tb_scalars_after_purges(directory):
+  """{(tag, step): [values]} as TensorBoard shows them: files in the order written, and a SessionLog.START at
+  step p hides every event of a step >= p read before it (tensorboard's EventAccumulator purge)."""
+  files = sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True), key=os.path.getmtime)
+  kept = []
+  for path in files:
+    for e in _tb_events_of(path):
+      if e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START:
+        kept = [(tag, step, v) for tag, step, v in kept if step < e.step]
+      kept += [(v.tag, e.step, v.simple_value) for v in e.summary.value if v.HasField("simple_value")]
+  shown = {}
+  for tag, step, v in kept:
+    shown.setdefault((tag, step), []).append(v)
+  return shown
+
+
+def test_a_killed_run_resumes_the_same_wandb_run_without_repeating_steps(tmp_path, tmp_path_factory, monkeypatch):
+  pytest.importorskip("wandb")
+  prepared = tiny_workspace.prepared(tmp_path_factory)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(prepared[0], workdir)
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  cfg = tiny_experiment(workdir, track="distill", train__steps=3, train__checkpoint_every=2,
+                        wandb__project="paced-test")
+  log_step, first = trainer._log_step, []
+
+  def killed_after_step_3(log, record):  # logged, but killed before its checkpoint
+    log_step(log, record)
+    first.append(record)
+    if record["step"] == 3:
+      raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(trainer, "_log_step", killed_after_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  monkeypatch.setattr(trainer, "_log_step", log_step)
+  run_id = json.load(open(workspace.wandb_run_file(workdir)))["id"]
+  trainer.train(cfg, prepared[1], prepared[1], progress=False)  # resumes from the checkpoint at step 2
+
+  records = [json.loads(line) for line in open(workspace.train_metrics_file(workdir))]
+  assert [r["step"] for r in records] == [1, 2, 3] and records[:2] == first[:2]
+  shown = _tb_scalars_after_purges(workspace.tensorboard_dir(workdir))
+  assert {step: v for (tag, step), v in shown.items() if tag == "train/loss"} == {
+      r["step"]: [pytest.approx(r["loss"], rel=1e-6)] for r in records}
+  events = _tb_events(workspace.tensorboard_dir(workdir))  # the settings and histogram: once, when training began
+  assert [e.step for e in events for v in e.summary.value if v.tag == "pass_rate/round_0"] == [0]
+  assert len([e for e in events for v in e.summary.value if v.tag.startswith("hparams")]) == 1
+  runs = sorted(glob.glob(os.path.join(str(tmp_path / "wandb_dir"), "wandb", "offline-run-*")))
+  assert len(runs) == 2 and all(r.endswith("-" + run_id) for r in runs)
+  for run in runs:
+    (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
+    (meta,) = [r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run"]
+    assert meta.run_id == run_id
+  assert json.load(open(workspace.wandb_run_file(workdir)))["id"] == run_id
+
+
+def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(trained, tmp_path_factory, monkeypatch):
+  from paced_jax.tools import evaluate as evaluate_tool
+  workdir, _, _, wandb_dir = trained
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", wandb_dir)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2,
+                        wandb__project="paced-test")
+  before = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*")))
+  tag, result = evaluate_tool.evaluate_model(cfg, tiny_workspace.prepared(tmp_path_factory)[1], 2, None)
+  assert tag == "step2"
+  summary = json.load(open(os.path.join(workspace.eval_dir(workdir, tag), "heldout.json")))
+  events = _tb_events(workspace.tensorboard_dir(workdir))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+  assert scalars[("eval/heldout/accuracy", 2)] == pytest.approx(summary["accuracy"], rel=1e-6)
+  assert scalars[("eval/heldout/se", 2)] == pytest.approx(summary["se"], rel=1e-6)
+  (text,) = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value
+             if v.tag.startswith("samples/heldout") and e.step == 2]
+  responses = open(os.path.join(workspace.eval_dir(workdir, tag), "heldout.responses.jsonl")).read().splitlines()
+  first = json.loads(responses[0])
+  assert text.startswith(f"```\n{first['id']} (answer {first['truth']}; ") and first["responses"][0] in text
+  # W&B: the same run as training, the accuracy drawn over the evaluated checkpoint's step.
+  (run,) = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))) - before
+  assert run.endswith("-" + json.load(open(workspace.wandb_run_file(workdir)))["id"])
+  (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
+  rows = [{"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item}
+          for r in _wandb_records(path) if r.WhichOneof("record_type") == "history"]
+  (row,) = [row for row in rows if "eval/heldout/accuracy" in row]
+  assert row["eval/checkpoint_step"] == 2 and row["eval/heldout/accuracy"] == pytest.approx(summary["accuracy"])

@@ -1,14 +1,22 @@
 """Published problem-file layouts (hub column names and nesting), globs, shards and datasets directories."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from paced_jax import artifacts
 from paced_jax.evaluation import benchmarks
+from paced_jax.problems import prepare as prepare_lib
 from paced_jax.problems import records, sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DAPO_INSTRUCTION = ("Solve the following math problem step by step. The last line of your response should be of the "
                     "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
@@ -115,3 +123,73 @@ def test_gsm8k_answer_after_marker(tmp_path):
   match = r"bad.parquet: row 0: field 'answer': expected text with the answer after '####'"
   with pytest.raises(records.ProblemFileError, match=match):
     records.load_problem_file(str(tmp_path / "bad.parquet"), records.FIELD_PRESETS["gsm8k"])
+
+
+# The prepare stage over globs and datasets directories
+
+def test_prepare_dapo_shards_end_to_end_and_an_edited_shard_is_named(tmp_path):
+  questions = [(f"i{k}", f"What is {k}+{k}?", str(2 * k)) for k in range(6)]
+  for shard in range(3):
+    rows = [_dapo_row(*q) for q in questions[2 * shard:2 * shard + 2]]
+    pq.write_table(pa.Table.from_pylist(rows, DAPO_SCHEMA), tmp_path / f"train-{shard:05d}-of-00003.parquet")
+  workdir, glob = str(tmp_path / "ws"), str(tmp_path / "train-*.parquet")
+  cmd = [sys.executable, "-m", "paced_jax.tools.prepare", f"--workdir={workdir}", f"--source={glob}",
+         "--fields=dapo", "--n_heldout=2", "--seed=3"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == f"{workdir}/problems (written): train 4, heldout 2"
+  got = prepare_lib.read_problems(workdir, "train") + prepare_lib.read_problems(workdir, "heldout")
+  assert sorted((p.id, p.prompt, p.answer) for p in got) == [(i, DAPO_INSTRUCTION + q, a) for i, q, a in questions]
+  files = artifacts.read_manifest(os.path.join(workdir, "problems"), "problems")["config"]["files"]
+  assert files == {f"train-{s:05d}-of-00003.parquet": artifacts.sha256_file(tmp_path / f"train-{s:05d}-of-00003.parquet")
+                   for s in range(3)}
+  assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip().endswith("(reused): train 4, heldout 2")
+  # One shard edited: its answer changes, so the prepared directory must not be reused, and the shard is named.
+  pq.write_table(pa.Table.from_pylist([_dapo_row("i2", "What is 2+2?", "5"), _dapo_row(*questions[3])], DAPO_SCHEMA),
+                 tmp_path / "train-00001-of-00003.parquet")
+  new_sha = artifacts.sha256_file(tmp_path / "train-00001-of-00003.parquet")
+  assert new_sha != files["train-00001-of-00003.parquet"]
+  bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stdout == ""
+  assert f"the source changed: train-00001-of-00003.parquet has sha256 {new_sha}, not the " in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_datasets_directory_end_to_end_and_a_new_file_is_named(tmp_path):
+  datasets = pytest.importorskip("datasets")
+  rows = [{"prompt": f"What is {k}*3?", "solution": str(3 * k), "extra_info": {"index": f"d{k}"}} for k in range(5)]
+  directory = tmp_path / "dapo_processed"
+  datasets.Dataset.from_list(rows).save_to_disk(str(directory))
+  workdir = str(tmp_path / "ws")
+  fields = records.FIELD_PRESETS["dapo_processed"]
+  prepare_lib.prepare(workdir, str(directory), n_train=3, n_heldout=2, seed=1, fields=fields)
+  got = prepare_lib.read_problems(workdir, "train") + prepare_lib.read_problems(workdir, "heldout")
+  assert sorted((p.id, p.prompt, p.answer) for p in got) == [(f"d{k}", f"What is {k}*3?", str(3 * k)) for k in range(5)]
+  # A dataset saved again with one more row is different data, even though the directory's name is the same.
+  datasets.Dataset.from_list(rows + [{"prompt": "What is 9*3?", "solution": "27", "extra_info": {"index": "d9"}}]
+                             ).save_to_disk(str(tmp_path / "again"))
+  shutil.rmtree(directory)
+  shutil.copytree(tmp_path / "again", directory)
+  with pytest.raises(artifacts.ArtifactError, match=r"the source changed: data-00000-of-00001.arrow has sha256"):
+    prepare_lib.prepare(workdir, str(directory), n_train=3, n_heldout=2, seed=1, fields=fields)
+
+
+def test_prepare_names_the_file_with_a_bad_byte_in_a_glob(tmp_path):
+  (tmp_path / "a.jsonl").write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n")
+  (tmp_path / "b.jsonl").write_bytes(b'{"problem": "caf\xe9", "answer": "3"}\n')
+  with pytest.raises(records.ProblemFileError, match=f"{tmp_path / 'b.jsonl'}: line 1: byte .* is not UTF-8"):
+    prepare_lib.prepare(str(tmp_path / "w"), str(tmp_path / "*.jsonl"), n_heldout=0,
+                        fields=records.FieldMap(id=None))
+
+
+def test_config_problems_fields_layout_with_field_overrides():
+  from paced_jax.config import ConfigError, ProblemsConfig
+  assert prepare_lib.field_map(ProblemsConfig()) == records.FieldMap()
+  assert prepare_lib.field_map(ProblemsConfig(fields="gsm8k")) == records.FieldMap(
+      id=None, prompt="question", answer="answer", solution="answer", level=None, answer_after="####")
+  assert prepare_lib.field_map(ProblemsConfig(fields="dapo", field_id="")) == records.FieldMap(
+      id=None, prompt="prompt", answer="reward_model.ground_truth", solution=None, level=None)
+  assert prepare_lib.field_map(ProblemsConfig(field_id="ID", field_solution="")) == records.FieldMap(
+      id="ID", solution=None)
+  with pytest.raises(ConfigError, match="config.problems.fields is 'dapo17k'; expected one of default, math500"):
+    prepare_lib.field_map(ProblemsConfig(fields="dapo17k"))

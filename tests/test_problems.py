@@ -265,7 +265,9 @@ def test_prepare_file_split_and_refuses_changed_file(tmp_path):
   assert [p.id for p in train] == sorted((p.id for p in train), key=lambda s: int(s[1:]))  # file order kept
   old_sha = artifacts.sha256_file(path)
   _write_jsonl(path, rows[:9])
-  with pytest.raises(artifacts.ArtifactError, match=f"field 'file_sha256' is '{old_sha}' but this run expects"):
+  new_sha = artifacts.sha256_file(path)
+  with pytest.raises(artifacts.ArtifactError, match=f"the source changed: src.jsonl has sha256 {new_sha}, "
+                     f"not the {old_sha} it was prepared from"):
     prepare_lib.prepare(workdir, path, n_heldout=3, seed=5, fields=records.FieldMap(id="unique_id"))
   with pytest.raises(ValueError, match=r"has 9 problems, fewer than n_heldout=3 \+ n_train=7"):
     prepare_lib.prepare(str(tmp_path / "ws2"), path, n_train=7, n_heldout=3)

@@ -1,5 +1,5 @@
-"""The `prepare` stage: a problem file or built-in generator -> WORKDIR/problems/{train,heldout}.jsonl
-(one Problem per line) + manifest (DESIGN.md section 1); and reading them back.
+"""The `prepare` stage: a problem source (a file, a glob of shards, a datasets directory) or a built-in
+generator -> WORKDIR/problems/{train,heldout}.jsonl (one Problem per line) + manifest (DESIGN.md section 1); and reading them back.
 """
 
 from __future__ import annotations
@@ -12,10 +12,25 @@ from typing import Any
 
 from paced_jax import workspace
 from paced_jax import artifacts
-from paced_jax.problems import builtin
-from paced_jax.problems.records import SPLITS, FieldMap, Problem, ProblemFileError, load_problem_file
+from paced_jax.problems import builtin, sources
+from paced_jax.config import ConfigError, ProblemsConfig
+from paced_jax.problems.records import FIELD_PRESETS, SPLITS, FieldMap, Problem, ProblemFileError, load_problem_file
 
 KIND = "problems"
+
+
+def field_map(p: ProblemsConfig) -> FieldMap:
+  """The columns config.problems names: its `fields` layout with the field_* settings changed from their
+  defaults on top, or (no layout) the field_* settings."""
+  own = {"id": p.field_id or None, "prompt": p.field_prompt, "answer": p.field_answer,
+         "solution": p.field_solution or None}
+  if not p.fields:
+    return FieldMap(**own)
+  if p.fields not in FIELD_PRESETS:
+    raise ConfigError(f"config.problems.fields is {p.fields!r}; expected one of {', '.join(FIELD_PRESETS)}")
+  default = ProblemsConfig()
+  changed = {k: v for k, v in own.items() if getattr(p, f"field_{k}") != getattr(default, f"field_{k}")}
+  return dataclasses.replace(FIELD_PRESETS[p.fields], **changed)
 
 
 def _config(source: str, n_train: int | None, n_heldout: int, seed: int, fields: FieldMap) -> dict:
@@ -27,10 +42,9 @@ def _config(source: str, n_train: int | None, n_heldout: int, seed: int, fields:
       raise ValueError(f"{source}: n_train is required for a built-in source")
     config.update(source=source, generator=builtin.settings(name))
   else:
-    if not os.path.isfile(source):
-      raise ProblemFileError(f"{source}: no such file")
-    # The file is identified by content, so a moved copy is accepted and an edited one refused.
-    config.update(source="file:" + os.path.basename(source), file_sha256=artifacts.sha256_file(source),
+    # Identified by content, file by file: a moved copy is accepted, and an edited, added or lost
+    # file of a glob or dataset directory is refused by name (_check_files).
+    config.update(source="file:" + os.path.basename(source.rstrip("/")), files=sources.file_digests(source),
                   fields=dataclasses.asdict(fields))
   return json.loads(json.dumps(config))  # tuples become lists, as they will read back from JSON
 
@@ -41,13 +55,9 @@ def _splits(source: str, n_train: int | None, n_heldout: int, seed: int,
     name = source[len(builtin.PREFIX):]
     return {"train": builtin.generate(name, n_train, seed, "train"),
             "heldout": builtin.generate(name, n_heldout, seed, "heldout")}
-  try:
-    problems = load_problem_file(source, fields)
-  except UnicodeDecodeError as e:
-    raise ProblemFileError(f"{source}: {_utf8_position(source, e.start)}: byte {e.object[e.start:e.start + 1]!r} "
-                           "is not UTF-8 (problem files must be UTF-8)") from None
+  problems = load_problem_file(source, fields)
   if not problems:
-    raise ProblemFileError(f"{source}: no problems in the file")
+    raise ProblemFileError(f"{source}: no problems in the source")
   want = n_heldout + (n_train if n_train is not None else 0)
   if want > len(problems):
     raise ValueError(f"{source}: has {len(problems)} problems, fewer than n_heldout={n_heldout} "
@@ -59,15 +69,16 @@ def _splits(source: str, n_train: int | None, n_heldout: int, seed: int,
   return {"train": [problems[i] for i in train], "heldout": [problems[i] for i in heldout]}
 
 
-def _utf8_position(path: str, start: int) -> str:
-  """'line L' of the first byte that is not UTF-8 (the decoder's offset may be within a chunk, so rescan)."""
-  with open(path, "rb") as f:
-    for number, line in enumerate(f, 1):
-      try:
-        line.decode("utf-8")
-      except UnicodeDecodeError:
-        return f"line {number}"
-  return f"byte {start}"
+def _check_files(manifest_path: str, directory: str, prepared: Any, now: dict[str, str] | None) -> None:
+  """Name the first data file whose content differs from what the directory was prepared from."""
+  if not isinstance(prepared, dict) or now is None:
+    return  # a built-in source on either side, or an older manifest: expect_fields names the difference
+  for name in sorted(prepared.keys() | now.keys()):
+    if prepared.get(name) != now.get(name):
+      what = ("is new" if name not in prepared else "is gone" if name not in now else
+              f"has sha256 {now[name]}, not the {prepared[name]} it was prepared from")
+      raise artifacts.ArtifactError(f"{manifest_path}: the source changed: {name} {what} "
+                                    f"(delete {directory} to prepare it again)")
 
 
 def _verify(directory: str, manifest: dict, splits: tuple[str, ...]) -> None:
@@ -88,9 +99,10 @@ def prepare(workdir: str, source: str, *, n_train: int | None = None, n_heldout:
   """Write WORKDIR/problems/ and return its path.
 
   `source` is `builtin:<name>` (a key of BUILTIN_SOURCES; `n_train` required) or a .jsonl / .json /
-  .parquet file read with `fields`, shuffled with `seed` and split into `n_heldout` held-out and
-  `n_train` (None: all the rest) training problems. A complete directory prepared with the same
-  config is reused as it is; one prepared with a different config is refused (ArtifactError).
+  .parquet file, a glob of them or a datasets directory (problems/sources.py), read with `fields`,
+  shuffled with `seed` and split into `n_heldout` held-out and `n_train` (None: all the rest)
+  training problems. A complete directory prepared with the same config and the same data file
+  contents is reused as it is; otherwise it is refused (ArtifactError naming the setting or file).
   """
   if n_heldout < 0 or (n_train is not None and n_train < 0):
     raise ValueError(f"counts must be >= 0, got n_train={n_train} n_heldout={n_heldout}")
@@ -100,6 +112,7 @@ def prepare(workdir: str, source: str, *, n_train: int | None = None, n_heldout:
   if os.path.exists(manifest_path):
     manifest = artifacts.read_manifest(directory, KIND)
     if isinstance(manifest.get("config"), dict):
+      _check_files(manifest_path, directory, manifest["config"].get("files"), config.get("files"))
       artifacts.expect_fields(manifest_path, manifest["config"], config)  # names the setting that differs
     artifacts.expect_fields(manifest_path, manifest, {"config": config})
     _verify(directory, manifest, SPLITS)

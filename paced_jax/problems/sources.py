@@ -92,6 +92,16 @@ def content_sha256(source: str) -> str:
   return h.hexdigest()
 
 
+def file_digests(source: str) -> dict[str, str]:
+  """{name: sha256} of a source's data files, names relative to the folder they share: what a stage
+  records to tell later which file of a glob or dataset directory was edited, added or lost."""
+  files = data_files(source)
+  if not files:
+    return {}
+  root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+  return {os.path.relpath(os.path.abspath(f), root): artifacts.sha256_file(f) for f in files}
+
+
 def source_stem(source: str) -> str:
   """A short name for a source: the file's stem, a directory's name, or the folder a glob lives in."""
   path = source.rstrip("/")
@@ -101,7 +111,26 @@ def source_stem(source: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
 
 
+def _utf8_position(path: str, start: int) -> str:
+  """'line L' of the first byte that is not UTF-8 (the decoder's offset may be within a chunk, so rescan)."""
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError:
+        return f"line {number}"
+  return f"byte {start}"
+
+
 def _file_rows(path: str) -> Iterator[tuple[str, Any]]:
+  try:
+    yield from _decoded_file_rows(path)
+  except UnicodeDecodeError as e:
+    raise ProblemFileError(f"{path}: {_utf8_position(path, e.start)}: byte {e.object[e.start:e.start + 1]!r} "
+                           "is not UTF-8 (problem files must be UTF-8)") from None
+
+
+def _decoded_file_rows(path: str) -> Iterator[tuple[str, Any]]:
   if path.endswith(".jsonl"):
     with open(path, encoding="utf-8") as f:
       for lineno, line in enumerate(f, 1):

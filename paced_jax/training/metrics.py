@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 from paced_jax import artifacts, workspace
 from paced_jax.config import WandbConfig
 from paced_jax.evaluation import evaluate
 
+EVAL_STEP = "eval/checkpoint_step"  # W&B's x-axis of eval/ and samples/ (the evaluated checkpoint's step)
 SAMPLE_RESPONSES = 4  # per benchmark and evaluation: enough to eyeball, small enough to scroll
 
 
@@ -29,6 +32,20 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def _number(value) -> bool:
   return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _wandb_run_id(workdir: str, wandb: WandbConfig) -> str:
+  """The workspace's W&B run id (metrics/wandb_run.json), made and written before the first init: a killed
+  run that resumes, and the stages after it, continue the same W&B run. Another project or entity starts
+  a new run (and the file then names it)."""
+  path, where = workspace.wandb_run_file(workdir), {"project": wandb.project, "entity": wandb.entity}
+  if os.path.exists(path):
+    stored = artifacts.read_json(path)
+    if isinstance(stored, dict) and {k: stored.get(k) for k in where} == where and stored.get("id"):
+      return stored["id"]
+  run_id = secrets.token_hex(8)  # W&B ids are [a-z0-9]; 64 random bits never collide within a project
+  artifacts.write_json(path, {"id": run_id, **where})
+  return run_id
 
 
 class MetricsWriter:
@@ -46,7 +63,13 @@ class MetricsWriter:
       run_dir = wandb.dir or os.environ.get("WANDB_DIR") or workspace.metrics_dir(workdir)
       os.makedirs(run_dir, exist_ok=True)
       self.run = wandb_lib.init(project=wandb.project, entity=wandb.entity or None, name=wandb.name or None,
-                                mode=wandb.mode, dir=run_dir, reinit="create_new")
+                                mode=wandb.mode, dir=run_dir, reinit="create_new",
+                                id=_wandb_run_id(workdir, wandb), resume="allow")
+      # Evaluations of a chosen checkpoint come after training has logged later steps, and W&B drops a
+      # `step=` below the run's last; so eval/ and samples/ are drawn over their own checkpoint-step axis.
+      self.run.define_metric(EVAL_STEP, hidden=True)
+      for prefix in ("eval/*", "samples/*"):
+        self.run.define_metric(prefix, step_metric=EVAL_STEP)
       self._wandb = wandb_lib
 
   @property
@@ -54,9 +77,14 @@ class MetricsWriter:
     return self.tb is not None
 
   def open_train_log(self, start_step: int) -> None:
-    """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume)."""
+    """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume); and tell
+    TensorBoard to hide what an earlier, killed run logged past it (its purge: events of a step >= the
+    SessionLog.START's, read before it). A resumed online W&B run ignores a step below its last (W&B's
+    rule), so a redone step keeps the killed run's value there."""
     if self.tb is None:
       return
+    self.tb._get_file_writer().add_event(
+        event_pb2.Event(step=start_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     path = workspace.train_metrics_file(self.workdir)
     kept = []
     if os.path.exists(path):  # a kill may have cut the last line short
@@ -76,7 +104,7 @@ class MetricsWriter:
     for tag, v in numbers.items():
       self.tb.add_scalar(tag, v, step)
     if self.run is not None and numbers:
-      self.run.log(numbers, step=step)
+      self._wandb_log(numbers, step)
 
   def histogram(self, name: str, counts, step: int) -> None:
     """Counts of the A = R + 1 pass-rate buckets (c correct of R), drawn over p = c / R."""
@@ -91,7 +119,7 @@ class MetricsWriter:
                               bucket_counts=counts_A.tolist(), global_step=step)
     if self.run is not None:
       edges = np.concatenate([centers_A - half, centers_A[-1:] + half])
-      self.run.log({name: self._wandb.Histogram(np_histogram=(counts_A, edges))}, step=step)
+      self._wandb_log({name: self._wandb.Histogram(np_histogram=(counts_A, edges))}, step)
 
   def hparams(self, config_json: dict) -> None:
     """The run's settings (a nested JSON dict), flattened to dotted names."""
@@ -109,8 +137,14 @@ class MetricsWriter:
     # Markdown would reflow the responses; a fenced block keeps them as the model wrote them.
     self.tb.add_text(name, "\n\n".join(f"```\n{t}\n```" for t in texts), step)
     if self.run is not None:
-      self.run.log({name: self._wandb.Table(columns=["i", "text"], data=[[i, t] for i, t in enumerate(texts)])},
-                   step=step)
+      self._wandb_log({name: self._wandb.Table(columns=["i", "text"], data=[[i, t] for i, t in enumerate(texts)])},
+                      step)
+
+  def _wandb_log(self, values: dict, step: int) -> None:
+    if all(k.startswith(("eval/", "samples/")) for k in values):
+      self.run.log({**values, EVAL_STEP: step})  # on the run's own step counter, drawn over EVAL_STEP
+    else:
+      self.run.log(values, step=step)
 
   def close_train_log(self) -> None:
     if self.file:

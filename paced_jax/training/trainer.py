@@ -172,7 +172,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   teacher_params = teacher.params  # frozen: the initial student in self-distillation
   log = writer if writer is not None else metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
   log.open_train_log(start)
-  _log_start(log, cfg, start)
+  if not start:  # a resumed run logged them when it started
+    _log_start(log, cfg, start)
   term = _Termination()
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)
