@@ -45,6 +45,8 @@ flags.DEFINE_float("top_p", 1.0, "top-p (1 = off)")
 flags.DEFINE_integer("top_k", 0, "top-k (0 = off)")
 flags.DEFINE_list("batch_rows", ["32", "64", "128"], "paced_jax batch_rows values to sweep (group)")
 flags.DEFINE_list("chunk_steps", ["16", "32"], "paced_jax chunk_steps values to sweep (group and batch 1)")
+flags.DEFINE_enum("kv_cache", "dense", ["dense", "paged"], "paced_jax's KV cache (paged: a pool for every row at "
+                  "full length; on CPU pages are gathered into a window)")
 flags.DEFINE_list("dtypes", ["float32"], "float32 and/or bfloat16 (bf16: paced_jax bf16 params + compute, "
                   "torch model.to(bf16))")
 flags.DEFINE_list("workloads", ["group", "batch1"], "group and/or batch1")
@@ -126,7 +128,8 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
     return useful, sampler.slots(), lengths
 
   return [(f"{dtype} rows={r} chunk={c}",
-           functools.partial(call, sampler_lib.SamplingConfig(max_new_tokens=N, batch_rows=r, chunk_steps=c, **base)))
+           functools.partial(call, sampler_lib.SamplingConfig(max_new_tokens=N, batch_rows=r, chunk_steps=c,
+                                                              kv_cache=FLAGS.kv_cache, **base)))
           for r, c in grid]
 
 

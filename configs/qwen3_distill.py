@@ -27,9 +27,12 @@ SLICES = {
     # 32 chips x 95 GiB: 256 rows = 8 per device; 4 micro-batches -> 2 rows at a time: 20.8 GiB
     # (aot_check). 2 micro-batches (~40 GiB) would halve the FSDP all-gathers if the sampler's
     # KV caches leave the room.
-    "v5p-64": pp.Slice(data=1, fsdp=32, tensor=1, micro_batches=4),
+    # Rollouts: 64 decode rows per device from a 40 GiB page pool (374k tokens, 5.8k per row on
+    # average; a dense cache for 64 rows at 8704 slots would be 59.5 GiB). With ragged paged
+    # attention the decode step's temporaries are 0.60 GiB (aot_check, launch/README.md).
+    "v5p-64": pp.Slice(data=1, fsdp=32, tensor=1, micro_batches=4, rollout_rows_per_device=64, rollout_cache_gib=40),
     # 64 chips x 95 GiB: 4 rows per device; 2 micro-batches -> 2 rows at a time.
-    "v5p-128": pp.Slice(data=1, fsdp=64, tensor=1, micro_batches=2),
+    "v5p-128": pp.Slice(data=1, fsdp=64, tensor=1, micro_batches=2, rollout_rows_per_device=64, rollout_cache_gib=40),
     # 256 chips x 16 GiB: exactly 1 row per device, no accumulation: 10.1 GiB (aot_check); no room for 2.
     "v5e-256": pp.Slice(data=1, fsdp=256, tensor=1, micro_batches=1),
     # 64 chips x 32 GiB: 4 rows per device; 4 micro-batches -> 1 row (~11 GiB) at a time.

@@ -28,6 +28,7 @@ Axis legend (shape suffixes on array names, e.g. `logits_BTV`), one meaning per 
   A  pass-rate buckets (A = R + 1: correct counts 0..R)           X  projected gradient dims
   U  rows (prompts) being refilled   W  prompt (bucket) length
   Q  KV-cache pages (paged cache)     Y  slots per page
+  Z  keys and values of the KV heads interleaved (Z = 2 J: head j's key at 2 j, value at 2 j + 1)
   I  positions a row is read at (retain scoring)
 """
 

@@ -348,8 +348,9 @@ class DecodeReport:
   rows: int                   # decode rows, all devices
   rows_per_device: int
   slots: int                  # cache slots a row holds at full length (prompt bucket + max_new_tokens)
-  window: int                 # slots a paged step reads per row (its rows' longest length, bucketed)
+  window: int                 # slots a gathering paged step reads per row (its rows' longest length, bucketed)
   pool_tokens: int            # paged: tokens of cache one device's page pool holds
+  paged_attention: str        # paged: how the step reads pages, 'ragged' (by each row's length) or 'gather' 
   cache_bytes: int            # per device: the KV cache (dense) or page pool (paged)
   weights_bytes: int          # per device: the decoding copy of the weights
   replicated: bool            # that copy is whole on every batch-axis device
@@ -395,8 +396,9 @@ def compile_decode_step(cfg: ExperimentConfig, target: Target, *, model: str | N
   if sc.kv_cache == "paged":
     slots = -(-slots // sc.page_size) * sc.page_size
     pages = sampler.pages_per_device(sc, rows, slots // sc.page_size)
-    window = min(window or slots, slots)
+    window = slots if sampler.paged_attention(sc) == "ragged" else min(window or slots, slots)
   state = sampler.abstract_state(rows, slots, sc, pages)
+  paged = sc.kv_cache == "paged"
   tic = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = sampler_lib.Sampler._decode_chunk.lower(sampler, sc.compiled_part(), window or 0, sampler.params,
@@ -405,7 +407,9 @@ def compile_decode_step(cfg: ExperimentConfig, target: Target, *, model: str | N
   mem = compiled.memory_analysis()
   return DecodeReport(
       target=target, model=where, sampling=sc, rows=rows, rows_per_device=rows // sampler.row_multiple, slots=slots,
-      window=window or slots, pool_tokens=pages * sc.page_size, cache_bytes=_device_bytes(state.cache[:2]),
+      window=window or slots, pool_tokens=pages * sc.page_size,
+      paged_attention=sampler.paged_attention(sc) if paged else "",
+      cache_bytes=_device_bytes(state.cache.kv_QYZDh if paged else state.cache[:2]),
       weights_bytes=_device_bytes(sampler.params), replicated=replicate_weights,
       argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
       alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
@@ -422,9 +426,14 @@ def format_decode_report(r: DecodeReport) -> str:
       f"{'replicated over the batch axes' if r.replicated else 'sharded like the trained weights'})",
   ]
   if sc.kv_cache == "paged":
-    lines.append(f"  cache         {_gib(r.cache_bytes)}   (paged: a pool of {r.pool_tokens} tokens per device, "
-                 f"{sc.page_size} per page; a row holds the pages of its length, {r.slots} at most; "
-                 f"this step reads {r.window} slots per row)")
+    per_row, pool = r.slots // sc.page_size, r.pool_tokens // sc.page_size
+    read = ("ragged paged attention reads each row's pages up to its length" if r.paged_attention == "ragged" else
+            f"gathers {r.window} slots per row into a window")
+    lines += [f"  cache         {_gib(r.cache_bytes)}   (paged, {sc.page_size}-slot pages; this step {read})",
+              f"  pages         {pool} per device = {r.pool_tokens} tokens, for {r.rows_per_device} rows of up to "
+              f"{per_row} pages ({r.slots} slots) each = {r.rows_per_device * per_row} pages at full length "
+              f"({100 * pool / max(r.rows_per_device * per_row, 1):.0f}%): a row holds ceil(length / "
+              f"{sc.page_size}) pages, {r.pool_tokens // max(r.rows_per_device, 1)} slots per row on average"]
   else:
     lines.append(f"  cache         {_gib(r.cache_bytes)}   (dense: every row holds {r.slots} slots)")
   lines += [

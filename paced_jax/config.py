@@ -78,9 +78,10 @@ class MeshConfig:
 
 
 KV_CACHES = ("dense", "paged")
+PAGED_ATTENTIONS = ("auto", "ragged", "gather")  # sampling/decoding.py: paged_attention
 # Sampling settings that change how the work is laid out, never which tokens come out.
 _SAMPLE_INDEPENDENT = ("batch_rows", "rows_per_device", "chunk_steps", "prompt_buckets", "kv_cache", "page_size",
-                       "cache_gib")
+                       "cache_gib", "paged_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,7 @@ class SamplingConfig:
   kv_cache: str = "dense"     # dense: every row holds prompt bucket + max_new_tokens slots; paged: a page pool
   page_size: int = 16         # paged: slots per page (divides the prompt buckets: prompts fill whole pages)
   cache_gib: float = 0.0      # paged: the page pool per device; 0 = every row at full length (never evicts)
+  paged_attention: str = "auto"  # paged: ragged (TPU kernel, reads pages up to each row's length) | gather | auto
   seed: int = 0
 
   def __post_init__(self):
@@ -107,6 +109,8 @@ class SamplingConfig:
     _require(self, top_p="[0, 1]")
     if self.kv_cache not in KV_CACHES:
       raise ValueError(f"sampling.kv_cache: {self.kv_cache!r} is not one of {KV_CACHES}")
+    if self.paged_attention not in PAGED_ATTENTIONS:
+      raise ValueError(f"sampling.paged_attention: {self.paged_attention!r} is not one of {PAGED_ATTENTIONS}")
 
   def compiled_part(self) -> "SamplingConfig":
     """The settings the jitted functions see: host-only fields are normalised away, so stages

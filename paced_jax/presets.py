@@ -61,6 +61,12 @@ class Slice:
   tensor: int
   micro_batches: int
   why: str = ""   # the memory reasoning (aot_check numbers), kept next to the choice
+  # Rollouts (every sampling stage) from a paged KV cache: decode rows and page pool per device.
+  # 0: the dense cache of SamplingConfig's defaults. On TPU a paged step reads each row's pages up
+  # to its length (ragged paged attention) and a row holds the pages of its length, so a pool well
+  # under rows x maximum length serves many more rows than a dense cache (launch/README.md).
+  rollout_rows_per_device: int = 0
+  rollout_cache_gib: float = 0.0
 
 
 def paper_config(*, workdir: str, student: str, teacher: str, track: str, loss: str,
@@ -176,4 +182,8 @@ def build(c: ml_collections.ConfigDict, variant: str, slices: Mapping[str, Slice
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = s.data, s.fsdp, s.tensor
     c.mesh.distributed = True   # every worker of the slice runs the same command
     c.train.micro_batches = s.micro_batches
+    if s.rollout_rows_per_device:
+      for sampling in (c.pass_rate.sampling, c.reference.sampling, c.train.rollout_sampling, c.eval.sampling):
+        sampling.kv_cache, sampling.rows_per_device, sampling.cache_gib = (
+            "paged", s.rollout_rows_per_device, s.rollout_cache_gib)
   return c

@@ -56,7 +56,9 @@ def test_tiny_decode_step_compiles_on_8_fake_devices(kv_cache):
     assert report.slots == 132 and report.cache_bytes == 3 * 132 * per_token
   else:
     assert report.slots == 144 and report.window == 64 and report.pool_tokens == 160
-    assert report.cache_bytes == 160 * per_token
+    assert report.cache_bytes == 160 * per_token and report.paged_attention == "gather"  # CPU: no ragged kernel
+    assert "10 per device = 160 tokens, for 3 rows of up to 9 pages (144 slots) each = 27 pages" in \
+        aot.format_decode_report(report)
   assert report.argument_bytes >= report.cache_bytes + report.weights_bytes
   assert report.temp_bytes > 0 and "decode step" in aot.format_decode_report(report)
 

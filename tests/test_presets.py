@@ -120,3 +120,22 @@ def test_bad_variants_raise(name, variant, message):
 def test_long_variant_packs_the_papers_longest_training_responses():
   c = config_lib.experiment(_module("qwen3_distill").get_config("v5e-256,long"))
   assert c.train.seq_len == paper_presets.PROMPT_BUDGET + 16384 and c.mesh.fsdp == 256
+
+
+@pytest.mark.parametrize("name", ["qwen3_distill", "llama3_distill", "qwen25_math_selfdistill"])
+def test_slices_with_paged_rollouts_set_every_sampling_stage(name):
+  from paced_jax.sampling import decoding
+  module = _module(name)
+  assert config_lib.experiment(module.get_config("")).pass_rate.sampling.kv_cache == "dense"  # one host: CPU-safe
+  for slice_name, s in module.SLICES.items():
+    cfg = config_lib.experiment(module.get_config(slice_name))
+    stages = (cfg.pass_rate.sampling, cfg.reference.sampling, cfg.train.rollout_sampling, cfg.eval.sampling)
+    if not s.rollout_rows_per_device:
+      assert all(x.kv_cache == "dense" for x in stages)
+      continue
+    mcfg = aot.resolve_model(cfg.student)[0].replace(compute_dtype=cfg.model.compute_dtype)
+    for x in stages:
+      assert (x.kv_cache, x.rows_per_device, x.cache_gib) == ("paged", s.rollout_rows_per_device, s.rollout_cache_gib)
+      # The allocator needs a device's pool to hold one row at full length.
+      pages = int(x.cache_gib * (1 << 30)) // decoding.page_bytes(mcfg, x.page_size)
+      assert pages >= -(-(paper_presets.PROMPT_BUDGET + x.max_new_tokens) // x.page_size)

@@ -2,6 +2,7 @@
 determinism, and sharded == single device."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from flax import nnx
 from paced_jax import mesh as mesh_lib
 from paced_jax.model import hf_checkpoint
 from paced_jax.sampling import sampler as sampler_lib
+from paced_jax.sampling import token_draw
 from tiny_models import make_tiny_model
 
 EOS = 2
@@ -125,7 +127,7 @@ def test_sampling_follows_distribution(settings):
   logits = np.array([2.0, 1.5, 1.0, 0.3, 0.0, -0.5, -1.0, -9.0], np.float32)
   n = 20000
   sc = sampler_lib.SamplingConfig(seed=11, **settings)
-  tokens = jax.jit(lambda s, t: sampler_lib.sample_tokens(jnp.broadcast_to(logits, (n, 8)), s, t, sc, valid_vocab=7))(
+  tokens = jax.jit(lambda s, t: token_draw.sample_tokens(jnp.broadcast_to(logits, (n, 8)), s, t, sc, valid_vocab=7))(
       jnp.arange(n, dtype=jnp.int32), jnp.zeros(n, jnp.int32))
   counts = np.bincount(np.asarray(tokens), minlength=8)
   expected = _reference_probs(logits[:7], **settings)
@@ -156,7 +158,7 @@ def test_sampling_follows_distribution_over_blocks(settings):
   logits = _wide_logits(V)
   n = 40000
   sc = sampler_lib.SamplingConfig(seed=3, **settings)
-  tokens = jax.jit(lambda s, t: sampler_lib.sample_tokens(jnp.broadcast_to(logits, (n, V)), s, t, sc, valid_vocab=valid))(
+  tokens = jax.jit(lambda s, t: token_draw.sample_tokens(jnp.broadcast_to(logits, (n, V)), s, t, sc, valid_vocab=valid))(
       jnp.arange(n, dtype=jnp.int32), jnp.zeros(n, jnp.int32))
   counts = np.bincount(np.asarray(tokens), minlength=V)
   expected = _reference_probs(logits[:valid], **settings) * n
@@ -175,17 +177,38 @@ def test_top_candidates_exact():
   logits = rng.normal(size=(6, 1000)).astype(np.float32)
   logits[0, :900] = -np.inf  # most blocks empty
   for k in (1, 5, 40):
-    values, ids = sampler_lib.top_candidates(jnp.asarray(logits), k)
+    values, ids = token_draw.top_candidates(jnp.asarray(logits), k)
     ref_values, ref_ids = jax.lax.top_k(jnp.asarray(logits), k)
     np.testing.assert_array_equal(values, ref_values)
     np.testing.assert_array_equal(ids, ref_ids)
 
 
-@pytest.mark.parametrize("mesh_cfg,devices", [(mesh_lib.MeshConfig(data=1), 1),
-                                              (mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2), 8)])
-def test_paged_cache_gives_the_dense_cache_tokens(tiny, monkeypatch, mesh_cfg, devices):
+def _ragged_dense(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, sm_scale, **blocks):
+  """ragged_paged_attention's semantics (its reference, ref_ragged_paged_attention) for T queries
+  per row, jittable; the Pallas kernel does not run on CPU (tests/test_pages_attention.py)."""
+  B, P = page_indices.shape
+  _, Y, C, Dh = kv_pages.shape
+  T, H, J = q.shape[0] // B, q.shape[1], C // 2
+  kv_BSJ2Dh = kv_pages[page_indices].reshape(B, P * Y, J, 2, Dh).astype(jnp.float32)
+  s_BJGTS = jnp.einsum("btjgd,bsjd->bjgts", q.reshape(B, T, J, H // J, Dh).astype(jnp.float32),
+                       kv_BSJ2Dh[..., 0, :]) * sm_scale
+  visible_BTS = jnp.arange(P * Y)[None, None] < (kv_lens[:, None] - T + jnp.arange(T) + 1)[:, :, None]
+  p_BJGTS = jax.nn.softmax(jnp.where(visible_BTS[:, None, None], s_BJGTS, -jnp.inf), axis=-1)
+  return jnp.einsum("bjgts,bsjd->btjgd", p_BJGTS, kv_BSJ2Dh[..., 1, :]).reshape(B * T, H, Dh).astype(q.dtype)
+
+
+@pytest.mark.parametrize("mesh_cfg,devices,reader", [(mesh_lib.MeshConfig(data=1), 1, "gather"),
+                                                     (mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2), 8, "gather"),
+                                                     (mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2), 8, "ragged")])
+def test_paged_cache_gives_the_dense_cache_tokens(tiny, monkeypatch, mesh_cfg, devices, reader):
   """A page pool too small for every row at full length: rows wait for pages, get evicted and are
-  sampled again from scratch, and every rollout still equals the dense cache's, token for token."""
+  sampled again from scratch, and every rollout still equals the dense cache's, token for token.
+  reader 'ragged': pages read as the TPU does (ragged paged attention, its semantics standing in
+  for the kernel on CPU), the write-then-attend order, lengths and page tables the sampler gives it."""
+  if reader == "ragged":
+    monkeypatch.setattr(sampler_lib.decoding, "_ragged_unsupported", lambda cfg, platform: "")
+    monkeypatch.setattr(sampler_lib.decoding, "_ragged_attention",
+                        functools.partial(sampler_lib.decoding._ragged_attention, kernel=_ragged_dense))
   evicted = []
   top_up = sampler_lib.pages_lib.top_up
 
@@ -197,16 +220,42 @@ def test_paged_cache_gives_the_dense_cache_tokens(tiny, monkeypatch, mesh_cfg, d
   sampler, (cfg, _, _) = _sampler(tiny, mesh_cfg, jax.devices()[:devices])
   shards = sampler.row_multiple
   prompts = _prompts(5, seed=4)
-  # Bucket 16 + 10 new tokens = 7 pages of 4 per row; 12 pages per device hold two rows at refill
-  # (5 pages each) but not at full length.
+  # Bucket 16 + 10 new tokens = 7 pages of 4 per row at most; a paged row holds its prompt (2-13
+  # tokens) and what it generated, so 7 pages per device hold one row at full length, and two rows
+  # of 6-13 prompt tokens each need 4 pages by the end of their first chunk.
   base = sampler_lib.SamplingConfig(max_new_tokens=10, num_samples=3, batch_rows=2 * shards, chunk_steps=3, seed=5,
                                     prompt_buckets=(16,))
   dense = sampler.generate(prompts, base, progress=False)
   page_gib = sampler_lib.decoding.page_bytes(cfg, 4) / (1 << 30)
-  paged = sampler.generate(prompts, dataclasses.replace(base, kv_cache="paged", page_size=4, cache_gib=12.5 * page_gib),
-                           progress=False)
+  paged_cfg = dataclasses.replace(base, kv_cache="paged", page_size=4, cache_gib=7.5 * page_gib, paged_attention=reader)
+  assert sampler.paged_attention(paged_cfg) == reader
+  paged = sampler.generate(prompts, paged_cfg, progress=False)
   assert evicted, "the pool was meant to run out"
   for rd, rp in zip(dense, paged):
     for x, y in zip(rd, rp):
       np.testing.assert_array_equal(x.tokens, y.tokens)
       assert x.finished == y.finished
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "auto"])
+def test_prefill_attention_equals_dense(tiny, impl):
+  """Prefill runs attention through model/attention.py's entry point: blockwise (T = 200 is not a
+  multiple of its 128-token block) and auto (CPU: dense below 512 tokens) give dense attention's
+  hidden states and keys/values at every prompt token of left-padded rows."""
+  sampler, (cfg, _, _) = _sampler(tiny, mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  rng = np.random.default_rng(3)
+  lens = np.array([200, 37, 1, 120])
+  W = 200
+  tokens = np.zeros((len(lens), W), np.int32)
+  for b, L in enumerate(lens):
+    tokens[b, W - L:] = rng.integers(3, 96, size=L)
+  segments = (np.arange(W)[None] >= (W - lens)[:, None]).astype(np.int32)
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0)
+  run = lambda attention: sampler_lib.decoding.prefill(cfg.replace(attention=attention), sampler.params,
+                                                       *map(jnp.asarray, (tokens, positions, segments)))
+  (hidden, keys, values), (ref_hidden, ref_keys, ref_values) = run(impl), run("dense")
+  real = segments.astype(bool)
+  np.testing.assert_allclose(np.asarray(hidden)[real], np.asarray(ref_hidden)[real], rtol=1e-5, atol=1e-5)
+  for k, rk in zip(keys + values, ref_keys + ref_values):
+    np.testing.assert_allclose(np.asarray(k).transpose(0, 2, 1, 3)[real], np.asarray(rk).transpose(0, 2, 1, 3)[real],
+                               rtol=1e-5, atol=1e-5)

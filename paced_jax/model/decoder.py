@@ -168,8 +168,10 @@ def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, 
   With `segment_ids_BT` (and no cache) attention is causal self-attention within segments by
   `cfg.attention` (model/attention.py; `mask_BTS` is unused). Otherwise it runs `attend` under
   `mask_BTS`; with `kv_cache=(k_BJSDh, v_BJSDh, slots_BT)` (this layer's cache) the new
-  keys/values are first written at `slots_BT` and attention runs over the whole cache. Returns
-  (x, k, v): the updated cache, or without one this call's keys and values as [B, J, T, Dh].
+  keys/values are first written at `slots_BT` and attention runs over the whole cache. A callable
+  `kv_cache(q_BTHDh, k_BTJDh, v_BTJDh) -> (out_BTHDh, k, v)` stores the new keys/values and attends
+  itself (the sampler's paged cache). Returns (x, k, v): the updated cache, or without one this
+  call's keys and values as [B, J, T, Dh].
   """
   dtype = jnp.dtype(cfg.compute_dtype)
   attn = p["self_attn"]
@@ -182,15 +184,18 @@ def layer_forward(cfg: ModelConfig, p, x_BTD, positions_BT, mask_BTS, inv_freq, 
     k_BTJDh = rms_norm(k_BTJDh, attn["k_norm"]["weight"], cfg.rms_norm_eps)
   q_BTHDh = apply_rope(q_BTHDh, positions_BT, inv_freq)
   k_BTJDh = apply_rope(k_BTJDh, positions_BT, inv_freq)
-  if kv_cache is not None:
-    k_cache, v_cache, slots_BT = kv_cache
-    k_BJSDh, v_BJSDh = _scatter(k_cache, k_BTJDh, slots_BT), _scatter(v_cache, v_BTJDh, slots_BT)
+  if callable(kv_cache):
+    out_BTHDh, k_BJSDh, v_BJSDh = kv_cache(q_BTHDh, k_BTJDh, v_BTJDh)
   else:
-    k_BJSDh, v_BJSDh = k_BTJDh.transpose(0, 2, 1, 3), v_BTJDh.transpose(0, 2, 1, 3)
-  if segment_ids_BT is not None and kv_cache is None:
-    out_BTHDh = attention_lib.attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, impl=cfg.attention)
-  else:
-    out_BTHDh = attend(q_BTHDh, k_BJSDh, v_BJSDh, mask_BTS, dtype)
+    if kv_cache is not None:
+      k_cache, v_cache, slots_BT = kv_cache
+      k_BJSDh, v_BJSDh = _scatter(k_cache, k_BTJDh, slots_BT), _scatter(v_cache, v_BTJDh, slots_BT)
+    else:
+      k_BJSDh, v_BJSDh = k_BTJDh.transpose(0, 2, 1, 3), v_BTJDh.transpose(0, 2, 1, 3)
+    if segment_ids_BT is not None and kv_cache is None:
+      out_BTHDh = attention_lib.attention(q_BTHDh, k_BTJDh, v_BTJDh, segment_ids_BT, impl=cfg.attention)
+    else:
+      out_BTHDh = attend(q_BTHDh, k_BJSDh, v_BJSDh, mask_BTS, dtype)
   x_BTD = x_BTD + _project(attn["o_proj"], "bthk,hkd->btd", out_BTHDh, dtype)
 
   mlp = p["mlp"]

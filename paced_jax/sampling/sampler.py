@@ -2,8 +2,8 @@
 
 Axis letters as in paced_jax/__init__.py (B decode rows, S cache slots, V vocabulary, J KV heads, Q
 pages, Y slots per page), with these local to this module: U distinct prompts being prefilled, R
-refill rows (R = B), P a prompt bucket's length, N new tokens, and in the two-level sampling N
-vocabulary blocks of L ids each (k top-k candidates).
+refill rows (R = B), P a prompt bucket's length, N new tokens. Drawing a token from the logits is
+token_draw.py's.
 
 A fixed set of B rows decodes in one jitted `lax.while_loop` of up to `chunk_steps` steps. Between
 chunks the host hands finished rows new prompts, prefilled in parallel straight into those rows
@@ -18,7 +18,6 @@ with the same tokens.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import functools
 from collections import deque
 from typing import NamedTuple, Sequence
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from paced_jax import mesh as mesh_lib
 from paced_jax.sampling import decoding
 from paced_jax.sampling import pages as pages_lib
+from paced_jax.sampling.token_draw import sample_tokens
 from paced_jax.model.config import ModelConfig
 from paced_jax.config import SamplingConfig
 
@@ -53,106 +53,6 @@ class DecodeState(NamedTuple):
   active_B: jax.Array         # row holds a sequence that is still generating
   seq_key_B: jax.Array        # sequence key (randomness) of the row's sequence
   out_BN: jax.Array           # generated tokens
-
-
-# Vocabulary block of the two-level searches below. XLA:CPU runs lax.top_k and sort over a whole
-# 50k-150k vocabulary at about 1 s per step for 64 rows, and B x V Gumbel draws at 0.3 s; searching
-# block summaries first and then a few blocks costs milliseconds.
-_BLOCK = 256
-_TOP_P_CANDIDATES = 256  # top-p without top-k looks at this many tokens (exact full sort if too few)
-
-
-def filter_logits(logits_BV, cfg: SamplingConfig, valid_vocab: int):
-  """Temperature, then top-k, then top-p (the order transformers applies them), over the whole
-  vocabulary: the exact reference, and the fallback of `sample_tokens`."""
-  V = logits_BV.shape[-1]
-  logits_BV = jnp.where(jnp.arange(V) < valid_vocab, logits_BV.astype(jnp.float32), -jnp.inf)
-  if cfg.greedy:
-    return logits_BV
-  logits_BV = logits_BV / cfg.temperature
-  if cfg.top_k and cfg.top_k < V:
-    kth_B1 = jax.lax.top_k(logits_BV, cfg.top_k)[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-  if cfg.top_p < 1.0:
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it < top_p.
-    keep_BV = mass_before_BV < cfg.top_p
-    cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
-  return logits_BV
-
-
-def _blocks(x_BV, fill):
-  """[B, V] -> [B, n, _BLOCK], the last block padded with `fill`."""
-  B, V = x_BV.shape
-  return jnp.pad(x_BV, ((0, 0), (0, -V % _BLOCK)), constant_values=fill).reshape(B, -1, _BLOCK)
-
-
-def top_candidates(logits_BV, k: int):
-  """The k largest logits of each row, descending, and their ids.
-
-  Exact: a block holding one of a row's k largest values has a maximum among the k largest block
-  maxima, so only those k blocks are searched.
-  """
-  B, V = logits_BV.shape
-  blocks_BNL = _blocks(logits_BV, -jnp.inf)
-  if k >= blocks_BNL.shape[1]:
-    return jax.lax.top_k(logits_BV, min(k, V))
-  _, block_Bk = jax.lax.top_k(blocks_BNL.max(-1), k)
-  candidates_BM = jnp.take_along_axis(blocks_BNL, block_Bk[:, :, None], axis=1).reshape(B, k * _BLOCK)
-  values_Bk, j_Bk = jax.lax.top_k(candidates_BM, k)
-  return values_Bk, jnp.take_along_axis(block_Bk, j_Bk // _BLOCK, axis=1) * _BLOCK + j_Bk % _BLOCK
-
-
-def _inverse_cdf_sample(logits_BV, keys_B):
-  """One draw per row from softmax(logits) by inverting its CDF, block sums first."""
-  u_B = 1.0 - jax.vmap(jax.random.uniform)(keys_B)  # in (0, 1]: a zero-probability token is never hit
-  probs_BNL = _blocks(jnp.exp(logits_BV - logits_BV.max(-1, keepdims=True)), 0.0)
-  N, L = probs_BNL.shape[1:]
-  block_cdf_BN = jnp.cumsum(probs_BNL.sum(-1), axis=-1)
-  target_B = u_B * block_cdf_BN[:, -1]
-  block_B = jnp.minimum(jnp.sum(block_cdf_BN < target_B[:, None], axis=-1), N - 1)
-  before_B = jnp.where(block_B > 0, jnp.take_along_axis(block_cdf_BN, jnp.maximum(block_B - 1, 0)[:, None], 1)[:, 0], 0.0)
-  probs_BL = jnp.take_along_axis(probs_BNL, block_B[:, None, None], axis=1)[:, 0]
-  inner_B = jnp.sum(jnp.cumsum(probs_BL, axis=-1) < (target_B - before_B)[:, None], axis=-1)
-  # Rounding between the block sum and the in-block cumsum can overshoot: stay on a token with mass.
-  last_B = L - 1 - jnp.argmax((probs_BL > 0)[:, ::-1], axis=-1)
-  return block_B * L + jnp.minimum(inner_B, last_B)
-
-
-def _sample_filtered(logits_BV, keys_B, cfg: SamplingConfig):
-  """Top-k and/or top-p sampling on the top candidates only; exact (see `top_candidates`)."""
-  k = cfg.top_k if cfg.top_k else _TOP_P_CANDIDATES
-  values_Bk, ids_Bk = top_candidates(logits_BV, k)
-  covered = jnp.bool_(True)
-  if cfg.top_p < 1.0:
-    # The nucleus of the distribution left after top-k (or of the full one without top-k).
-    log_norm_B1 = jax.nn.logsumexp(values_Bk if cfg.top_k else logits_BV, axis=-1, keepdims=True)
-    probs_Bk = jnp.exp(values_Bk - log_norm_B1)
-    values_Bk = jnp.where(jnp.cumsum(probs_Bk, axis=-1) - probs_Bk < cfg.top_p, values_Bk, -jnp.inf)
-    if not cfg.top_k:
-      covered = jnp.all(jnp.sum(probs_Bk, axis=-1) >= cfg.top_p)
-  fast = lambda: jnp.take_along_axis(ids_Bk, jax.vmap(jax.random.categorical)(keys_B, values_Bk)[:, None], 1)[:, 0]
-  if cfg.top_k:
-    return fast()
-  full = lambda: jax.vmap(jax.random.categorical)(keys_B, filter_logits(logits_BV, dataclasses.replace(cfg, temperature=1.0), logits_BV.shape[-1]))
-  return jax.lax.cond(covered, fast, full)
-
-
-def sample_tokens(logits_BV, seq_key_B, step_B, cfg: SamplingConfig, valid_vocab: int):
-  """One token per row; row b's randomness is fold_in(fold_in(seed, seq_key_B[b]), step_B[b])."""
-  V = logits_BV.shape[-1]
-  logits_BV = jnp.where(jnp.arange(V) < valid_vocab, logits_BV.astype(jnp.float32), -jnp.inf)
-  if cfg.greedy:
-    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits_BV = logits_BV / cfg.temperature
-  base = jax.random.key(cfg.seed)
-  keys_B = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.fold_in(base, s), t))(seq_key_B, step_B)
-  if (cfg.top_k and cfg.top_k < valid_vocab) or cfg.top_p < 1.0:
-    return _sample_filtered(logits_BV, keys_B, cfg).astype(jnp.int32)
-  return _inverse_cdf_sample(logits_BV, keys_B).astype(jnp.int32)
 
 
 class Sampler:
@@ -220,6 +120,10 @@ class Sampler:
       return full
     return min(full, int(cfg.cache_gib * (1 << 30)) // decoding.page_bytes(self.model_cfg, cfg.page_size))
 
+  def paged_attention(self, cfg: SamplingConfig) -> str:
+    """How a paged decode step reads pages on this mesh's platform ('ragged' or 'gather')."""
+    return decoding.paged_attention(cfg.paged_attention, self.model_cfg, self.mesh.devices.flat[0].platform)
+
   def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
     """A state with a dense cache of `slots` slots per row, or with `pages` > 0 a paged cache
     (`pages` per batch-axis device, `slots` a multiple of cfg.page_size)."""
@@ -255,32 +159,41 @@ class Sampler:
     logits_RV = decoding.logits(params, hidden_UPD[:, -1:])[:, 0][source_R]
     first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, self.valid_vocab)
     put = lambda big, new: big.at[rows_R].set(new, mode="drop")
-    # The prompt fills slots 0..Pb-1; whatever a row's earlier sequence left in later slots is
-    # masked (segment 0) until decoding overwrites it.
-    segments_BS = put(state.cache.segment_ids_BS, jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb))))
-    if isinstance(state.cache, decoding.PagedKVCache):
+    lens_R = lens_U[source_R]
+    # A dense cache takes the left-padded prompt in slots 0..Pb-1, a paged one the prompt alone in
+    # slots 0..len-1 (ragged paged attention reads every slot below a row's length); whatever a
+    # row's earlier sequence left in later slots is masked (segment 0) until decoding overwrites it.
+    paged = isinstance(state.cache, decoding.PagedKVCache)
+    if paged:
+      segments_RS = (jnp.arange(S)[None] < lens_R[:, None]).astype(jnp.int32)
+    else:
+      segments_RS = jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))
+    segments_BS = put(state.cache.segment_ids_BS, segments_RS)
+    if paged:
       cache = decoding.write_prompt_pages(self.mesh, state.cache._replace(segment_ids_BS=segments_BS),
-                                          [k[source_R] for k in keys], [v[source_R] for v in values], rows_R < R)
+                                          [k[source_R] for k in keys], [v[source_R] for v in values], rows_R < R,
+                                          lens_R)
     else:
       put_prompt = lambda big_BJSDh, new_UJPDh: big_BJSDh.at[rows_R, :, :Pb].set(new_UJPDh[source_R], mode="drop")
       cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BJSDh, keys)),
                                tuple(map(put_prompt, state.cache.v_BJSDh, values)), segments_BS)
-    lens_R = lens_U[source_R]
     done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
     out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
     return DecodeState(
         cache, put(state.last_token_B, first_R), put(state.next_pos_B, lens_R),
-        put(state.next_slot_B, jnp.full((R,), Pb, jnp.int32)), put(state.gen_len_B, jnp.ones((R,), jnp.int32)),
+        put(state.next_slot_B, lens_R if paged else jnp.full((R,), Pb, jnp.int32)), put(state.gen_len_B, jnp.ones((R,), jnp.int32)),
         put(state.active_B, ~done_R), put(state.seq_key_B, keys_R), put(state.out_BN, out_RN))
 
   @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
   def _decode_chunk(self, cfg: SamplingConfig, window: int, params, state: DecodeState) -> DecodeState:
     """Up to `chunk_steps` decode steps; stops early when no row is active. A paged cache is read
-    over each row's first `window` slots (past every row's slot at the end of the chunk)."""
+    by cfg.paged_attention: ragged reads each row's pages up to its length, gather each row's first
+    `window` slots (past every row's slot at the end of the chunk)."""
     stop = jnp.asarray(self.stop_ids, jnp.int32)
     B = state.last_token_B.shape[0]
     if isinstance(state.cache, decoding.PagedKVCache):
-      extend = functools.partial(decoding.extend_paged, window=window, mesh=self.mesh)
+      extend = functools.partial(decoding.extend_paged, window=window, mesh=self.mesh,
+                                 impl=self.paged_attention(cfg))
     else:
       extend = decoding.extend
 
@@ -349,13 +262,16 @@ class Sampler:
       if take:
         Pb = self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
         if alloc is not None:
-          refused = [(r, item) for r, item in take if not alloc.reserve(r, min(Pb + cfg.chunk_steps, slots))]
+          refused = [(r, item) for r, item in take
+                     if not alloc.reserve(r, min(len(prompts[item[0]]) + cfg.chunk_steps, slots))]
           queue.extendleft(item for _, item in reversed(refused))
           take = [t for t in take if t not in refused]
       if alloc is not None:
         state = state._replace(cache=state.cache._replace(table_BQ=put(alloc.table)))
         held = max(1, int(alloc.held.max()))
-        window = min(1 << (held - 1).bit_length(), alloc.table.shape[1]) * cfg.page_size
+        # Ragged attention reads by length: one compiled chunk for every window.
+        read_all = self.paged_attention(cfg) == "ragged"
+        window = (alloc.table.shape[1] if read_all else min(1 << (held - 1).bit_length(), alloc.table.shape[1])) * cfg.page_size
       if take:
         state = self._refill(cfg, state, take, Pb, owner, prompts, keys)
       state = self._decode_chunk(cfg.compiled_part(), window, self.params, state)

@@ -37,8 +37,9 @@ _STEPS = absl_flags.DEFINE_multi_enum("steps", ["train", "decode"], ["train", "d
                                      "Which programs to compile: the train step and/or the sampler's decode step.")
 _PROMPT_LEN = absl_flags.DEFINE_integer("prompt_len", 512, "Decode step: prompt length (its bucket + max_new_tokens "
                                         "slots per row).")
-_WINDOW = absl_flags.DEFINE_integer("window", None, "Decode step with a paged cache: slots read per row "
-                                    "(default: all; shorter rows read fewer).")
+_WINDOW = absl_flags.DEFINE_integer("window", None, "Decode step with a paged cache read by gathering "
+                                    "(paged_attention=gather): slots gathered per row (default: all; shorter "
+                                    "rows read fewer). Ragged paged attention reads each row's length.")
 _DIVERGENCE = absl_flags.DEFINE_string("divergence", None, "A divergence of training/losses.py's registry to "
                                        "compile (default: the one of the first train step).")
 
