@@ -94,10 +94,10 @@ def run_names(methods: tuple[str, ...]) -> list[str]:
 
 def split_run_name(name: str) -> tuple[str, str]:
   """(method, budget) of a run name; budget '' for a run serving both comparisons."""
-  method, _, budget = name.partition(".")
-  if budget and budget not in BUDGETS:
-    raise ValueError(f"lab run {name!r}: budget {budget!r} is not one of {BUDGETS}")
-  return method, budget
+  for budget in BUDGETS:
+    if name.endswith(f".{budget}"):
+      return name[:-len(budget) - 1], budget
+  return name, ""
 
 
 def method_label(name: str) -> str:
