@@ -153,14 +153,12 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   extended = check_resume(cfg)
   if extended:
     print(f"continuing training with {', '.join(f'{k} = {v}' for k, v in ((k, _get(cfg, k)) for k in extended))}")
+  # A one-pass run starts at round 0 (its walk from the start); the round of a resumed step comes below.
+  data = training_data.weighted_problems(cfg, 0 if t.one_pass else None)
   drawn: frozenset[str] = frozenset()
-  if t.one_pass:
-    data, drawn = training_data.one_pass_walk(cfg, pass_rate.latest_round(cfg.workdir) or 0)
-    if data.steps_left(t.batch_size) <= data.first_step:
-      raise ValueError(f"{data.round_dir}: one pass over {len(data.problems)} kept problems has no full batch of "
-                       f"{t.batch_size} (config.train.pool / batch_size)")
-  else:
-    data = training_data.weighted_problems(cfg)
+  if t.one_pass and data.steps_left(t.batch_size) == 0:
+    raise ValueError(f"{data.round_dir}: one pass over {len(data.problems)} kept problems has no full batch of "
+                     f"{t.batch_size} (config.train.pool / batch_size)")
   _check_seq_len(cfg, student, data.problems)
   print(f"training on {data.summary()}")
   stages = {stage_of(cfg, s) for s in range(t.steps)}
@@ -173,6 +171,11 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   mngr = checkpoint_manager(cfg.workdir)
   start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
   checkpoints.set_aside_newer(cfg.workdir, mngr, start)
+  every = cfg.pass_rate.recompute_every
+  if t.one_pass and start and every:
+    # Round r is the recompute at step r x every: a resumed run takes the round its start step had
+    # (one written after the last checkpoint is reused when the run gets there again).
+    data, drawn = training_data.one_pass_walk(cfg, min(pass_rate.latest_round(cfg.workdir), start // every))
   if start:
     state = ts.TrainState(**checkpoints.restore(mngr, start, _abstract(state._asdict(), sharding._asdict())))
     print(f"resumed from checkpoint at step {start}")
@@ -230,9 +233,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       if term.requested:
         print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
         raise SystemExit(143)
-      every = cfg.pass_rate.recompute_every
       if every and done % every == 0 and done < t.steps:
-        r = pass_rate.latest_round(cfg.workdir) + 1
+        r = done // every if t.one_pass else pass_rate.latest_round(cfg.workdir) + 1
         fingerprint = f"{student.fingerprint}@step{done}"
         if t.one_pass:  # only what the walk can still draw
           pass_rate.run(cfg, student, round_=r, params=state.params, fingerprint=fingerprint,
