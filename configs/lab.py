@@ -25,7 +25,8 @@ def get_config(variant: str = ""):
   # unique_problems of them for the equal-steps comparison (the generator's training split allows
   # ~4270). Sizes follow the time budget, not any method's result: 1920 problems (60 steps) measured
   # 51 s (distill), 88 s (self-distill), 79 s (two-stage) per run under load ~9, about 1.5 h for the
-  # runs; 1280 (40 steps) brings the lab near the hour.
+  # runs; 1280 (40 steps) brings the lab near the hour: 23-29 s (distill), 35-37 s (self-distill),
+  # 46-90 s (two-stage, with its midpoint recompute over the undrawn pool) per run, same load.
   e.problems.n_train = 3360         # 560 per level
   # Five seeds (issue #16). Methods: uniform, the hard filter (the same zero-weight set as PACED, flat
   # weights inside: it separates "drop p = 0 and 1" from the kernel) and PACED (1,1): 5 runs per track

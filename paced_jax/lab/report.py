@@ -302,7 +302,7 @@ def build(workdir: str) -> str:
                           "each problem new; methods that give some weight 0 draw from the whole pool.")):
       lines += [f"## Overview: {lab_config.BUDGET_LABELS[budget]}", "", what + " Held-out accuracy over all levels "
                 "(mean ± SE over seeds, n = seeds), the paired per-seed difference to uniform, in points, and the "
-                "steps taken (uniform and AKL: one run in both tables):", ""]
+                "steps taken (a method whose weights are never 0, like uniform or AKL, has one run serving both tables):", ""]
       lines += overview_table(data, tracks, budget) + [""]
   for track in tracks:
     lines += [f"## {TRACK_TITLES[track]}", ""] + track_table(data, track) + [""]
