@@ -305,6 +305,11 @@ class TrainConfig:
   b1: float = 0.9
   b2: float = 0.999
   stage1_fraction: float = 0.5      # two-stage: forward KL on references for this fraction
+  # Batches: False = epochs of a seeded shuffle of the kept problems, repeating once they run out;
+  # True = one pass: a seeded walk over the problems that draws each kept one at most once (a pass-rate
+  # recompute reweights only the problems not drawn yet) and ends the run early at its last full batch.
+  one_pass: bool = False
+  pool: int = 0                     # draw from the first `pool` training problems only (0 = all)
   rollout_sampling: SamplingConfig = SamplingConfig(num_samples=1, max_new_tokens=128)
   checkpoint_every: int = 50
   seed: int = 0
@@ -314,7 +319,7 @@ class TrainConfig:
     _require(self, steps=">= 1", batch_size=">= 1", rows_per_step=">= 0", micro_batches=">= 1", seq_len=">= 2",
              lr="> 0", temperature="> 0", loss_chunk=">= 1", warmup_steps=">= 0", weight_decay=">= 0",
              grad_clip="> 0", b1="[0, 1]", b2="[0, 1]", stage1_fraction="[0, 1]", checkpoint_every=">= 1",
-             max_skipped_in_a_row=">= 1")
+             max_skipped_in_a_row=">= 1", pool=">= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,11 +43,30 @@ def test_unknown_method_or_track_is_refused(tmp_path):
     _lab(tmp_path, tracks=("rl",))
 
 
+def test_run_names_and_labels():
+  assert lab_config.run_names(("uniform", "akl", "hard_filter", "paced_a0.5_b2")) == [
+      "uniform", "akl", "hard_filter.equal_data", "hard_filter.equal_steps", "paced_a0.5_b2.equal_data",
+      "paced_a0.5_b2.equal_steps"]
+  assert lab_config.split_run_name("paced_a0.5_b2.equal_steps") == ("paced_a0.5_b2", "equal_steps")
+  assert lab_config.split_run_name("paced_a0.5_b2") == ("paced_a0.5_b2", "")
+  assert lab_config.method_label("paced.equal_data") == "PACED (1,1) (equal data)"
+
+
 def test_run_configs_differ_only_where_they_should(tmp_path):
   lab = _lab(tmp_path, "")
-  d = lab_runner.run_config(lab, "distill", "paced_a2_b2", 1)
+  d = lab_runner.run_config(lab, "distill", "paced_a2_b2.equal_steps", 1)
   s = lab_runner.run_config(lab, "self_distill", "akl", 2)
-  t = lab_runner.run_config(lab, "two_stage", "hard_filter", 0)
+  t = lab_runner.run_config(lab, "two_stage", "hard_filter.equal_steps", 0)
+  # Fresh problems: one pass everywhere; equal steps draw from the whole pool, uniform-weight
+  # methods from the first unique_problems; steps N / batch size; the two-stage track recomputes
+  # pass rates at its midpoint, where every run keeps a checkpoint.
+  N, B = lab.unique(), lab.experiment.train.batch_size
+  assert N == lab.unique_problems < lab.experiment.problems.n_train
+  assert d.train.one_pass and s.train.one_pass and t.train.one_pass
+  assert (d.train.pool, s.train.pool, t.train.pool) == (0, N, 0)
+  assert d.train.steps == s.train.steps == t.train.steps == N // B
+  assert d.train.checkpoint_every == N // B // 2
+  assert (d.pass_rate.recompute_every, s.pass_rate.recompute_every, t.pass_rate.recompute_every) == (0, 0, N // B // 2)
   assert (d.track, d.train.loss, d.prompts.teacher_context) == ("distill", "fkl", "none")
   assert d.teacher.endswith("models/teacher") and (d.weights.scheme, d.weights.alpha, d.weights.beta) == ("paced", 2, 2)
   assert (s.track, s.teacher, s.train.loss, s.prompts.teacher_context) == ("self_distill", "", "akl", "solution")
@@ -57,6 +76,8 @@ def test_run_configs_differ_only_where_they_should(tmp_path):
   for field in ("steps", "batch_size", "lr", "seq_len"):
     assert getattr(d.train, field) == getattr(s.train, field) == getattr(t.train, field)
   assert d.eval == s.eval == t.eval and d.problems == s.problems == t.problems
+  with pytest.raises(ValueError, match="unique_problems"):
+    _lab(tmp_path, "", unique_problems=5000)
   assert len({d.workdir, s.workdir, t.workdir}) == 3
 
 
@@ -107,20 +128,26 @@ def test_mean_se_and_level_accuracy(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_lab_end_to_end(tmp_path, capsys):
-  """One seed, two methods, two steps on every track; the report has a table per track."""
+  """One seed, uniform and PACED (at equal data and at equal steps), two steps on every track, the
+  SNR at the initial student and at uniform's midpoint; the report has a table per track and per comparison."""
   lab = _lab(tmp_path)
   student, teacher = lab_runner.prepare_shared(lab)
   records = lab_runner.run_all(lab, student, teacher)
-  assert len(records) == len(lab.tracks) * len(lab.methods) * len(lab.seeds) == 6
-  run = workspace.lab_run_dir(lab.workdir, "distill", "paced", 0)
+  assert len(records) == len(lab.tracks) * 3 * len(lab.seeds) == 9
+  assert [r["method"] for r in records[:3]] == ["uniform"] * 3  # first: the SNR at a step reads them
+  for r in records:
+    assert r["steps"] == lab.unique() // lab.experiment.train.batch_size == 2
+  run = workspace.lab_run_dir(lab.workdir, "distill", "paced.equal_data", 0)
   assert os.path.islink(os.path.join(run, "pass_rates", "0000")) and os.path.exists(os.path.join(run, "eval", "final"))
   assert not os.path.islink(os.path.join(run, "pass_rates"))
-  assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == lab.experiment.train.steps
+  assert len(open(os.path.join(run, "metrics", "train.jsonl")).read().splitlines()) == 2
+  two_stage = workspace.lab_run_dir(lab.workdir, "two_stage", "uniform", 0)
+  assert pass_rate.latest_round(two_stage) == 1  # its own midpoint recompute
   assert lab_runner.run_all(lab, student, teacher) == records  # finished runs are read back, not redone
   other = dataclasses.replace(lab, experiment=dataclasses.replace(
       lab.experiment, train=dataclasses.replace(lab.experiment.train, lr=1e-2)))
   with pytest.raises(artifacts.ArtifactError, match="train"):  # nor mixed with runs of other settings
-    lab_runner.run_one(other, "distill", "paced", 0, student, teacher)
+    lab_runner.run_one(other, "distill", "paced.equal_data", 0, student, teacher)
   path = lab_report.build(lab.workdir)
   text = open(path).read()
   sections = re.split(r"^## ", text, flags=re.M)
@@ -131,12 +158,20 @@ def test_smoke_lab_end_to_end(tmp_path, capsys):
     assert header == ["method", "L1", "L2", "L3", "L4", "L5", "L6", "all levels", "solved-set drop (points)", "seeds"]
     labels = [r.strip("|").split("|")[0].strip() for r in rows[2:]]
     base = ["base (initial student)"] + ([] if track == "self_distill" else ["teacher"])
-    assert labels == base + ["uniform", "PACED (1,1)"]
+    assert labels == base + ["uniform", "PACED (1,1) (equal data)", "PACED (1,1) (equal steps)"]
     assert all(len(r.strip("|").split("|")) == len(header) for r in rows)
     assert all(r.strip("|").split("|")[-1].strip() == "1" for r in rows[2 + len(base):])
+  for budget in ("equal data", "equal steps"):
+    rows = tables[f"Overview: {budget}"]
+    assert [r.strip("|").split("|")[0].strip() for r in rows[2:]] == ["uniform", "PACED (1,1)"]
+  titles = [s.split("\n")[0] for s in sections[1:]]
+  assert titles[0].startswith("Is there a signal") and titles[1] == "Overview: equal data"
+  assert len(re.findall(r"^- `\w+` at ", sections[1], flags=re.M)) == 5  # 2 initial + 3 at step 1
   results = json.load(open(os.path.join(lab.workdir, "report", "results.json")))
-  assert len(results["runs"]) == 6 and all(r["levels"] and "all" in r["levels"] for r in results["runs"])
+  assert len(results["runs"]) == 9 and all(r["levels"] and "all" in r["levels"] for r in results["runs"])
   for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
     assert os.path.exists(os.path.join(os.path.dirname(path), image))
-  assert "snr_distill.png" in text and "snr_self_distill.png" in text
+  for image in ("snr_distill.png", "snr_self_distill.png", "snr_distill_step1.png", "snr_self_distill_step1.png",
+                "snr_two_stage_step1.png"):
+    assert image in text
   assert np.isfinite(results["base"]["initial"]["levels"]["all"])

@@ -8,6 +8,7 @@ Problems are processed in fixed chunks; each finished chunk is written atomicall
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from typing import Sequence
 
@@ -58,16 +59,20 @@ def format_histogram(counts: Sequence[int], width: int = 40) -> str:
 
 
 def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params: nnx.State | None = None,
-        fingerprint: str | None = None) -> str:
+        fingerprint: str | None = None, problems: Sequence[Problem] | None = None) -> str:
   """Write (or resume, or reuse) `pass_rates/<round>/`; returns its directory.
 
   `params` / `fingerprint` give the current student for recomputation rounds; by default the
-  loaded (initial) student is used.
+  loaded (initial) student is used. `problems`: only these training problems (a one-pass run's
+  recompute covers the problems it has not drawn yet); default all.
   """
   directory = workspace.pass_rates_dir(cfg.workdir, round_)
-  problems = read_problems(cfg.workdir, "train")
   problems_sha = artifacts.read_manifest(workspace.problems_dir(cfg.workdir), "problems")["checksums"]["train.jsonl"]
   expected = _expected(cfg, student, round_, problems_sha)
+  if problems is None:
+    problems = read_problems(cfg.workdir, "train")
+  else:
+    expected["subset_sha256"] = hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()
   if fingerprint is not None:
     expected["student_fingerprint"] = fingerprint
   if os.path.exists(os.path.join(directory, artifacts.MANIFEST)):

@@ -117,7 +117,7 @@ def track_table(data: dict, track: str) -> list[str]:
     cells = [_cell((b["levels"].get(lv), b["se"].get(lv), 1)) for lv in names + ["all"]]
     drop = "0.0" if tag == evaluate.BASELINE_TAG else MISSING
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {drop} | – |")
-  methods = data["config"].get("methods") or sorted({r["method"] for r in data["runs"]})
+  methods = lab_config.run_names(tuple(data["config"].get("methods") or ())) or sorted({r["method"] for r in data["runs"]})
   for method in methods:
     runs = [r for r in data["runs"] if r["track"] == track and r["method"] == method and r["levels"]]
     if not runs:
@@ -128,21 +128,64 @@ def track_table(data: dict, track: str) -> list[str]:
   return lines
 
 
-def overview_table(data: dict, tracks: Sequence[str]) -> list[str]:
-  """All-level accuracy per method (rows) and track (columns), with the paired per-seed
-  difference to uniform weighting (same seed, same evaluation samples), in points."""
-  header = ["method"] + [f"{t}: all levels" for t in tracks] + [f"{t}: vs uniform" for t in tracks]
+def comparison_runs(methods: Sequence[str], budget: str) -> list[str]:
+  """The run of each method in one comparison (a budget of lab_config.BUDGETS)."""
+  return [f"{m}.{budget}" if lab_config.has_zero_weights(m) else m for m in methods]
+
+
+def overview_table(data: dict, tracks: Sequence[str], budget: str) -> list[str]:
+  """All-level accuracy per method (rows) and track (columns) in one comparison, with the paired
+  per-seed difference to uniform weighting (same seed, same evaluation samples), in points, and the
+  steps (= unique problems / batch size) the runs took."""
+  header = (["method"] + [f"{t}: all levels" for t in tracks] + [f"{t}: vs uniform" for t in tracks]
+            + [f"{t}: steps" for t in tracks])
   lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   run = {(r["track"], r["method"], r["seed"]): r for r in data["runs"] if r["levels"]}
-  for method in data["config"].get("methods", []):
-    cells, deltas = [], []
+  for name in comparison_runs(data["config"].get("methods", []), budget):
+    cells, deltas, steps = [], [], []
     for t in tracks:
-      mine = [r for (tr, m, _), r in run.items() if tr == t and m == method]
+      mine = [r for (tr, m, _), r in run.items() if tr == t and m == name]
       cells.append(_cell(mean_se([r["levels"]["all"] for r in mine]), show_n=True))
       pairs = [r["levels"]["all"] - run[(t, "uniform", r["seed"])]["levels"]["all"] for r in mine
                if (t, "uniform", r["seed"]) in run]
-      deltas.append(MISSING if method == "uniform" else _cell(mean_se(pairs)))
-    lines.append(f"| {lab_config.method_label(method)} | " + " | ".join(cells + deltas) + " |")
+      deltas.append(MISSING if name == "uniform" else _cell(mean_se(pairs)))
+      taken = sorted({r["steps"] for r in mine})
+      steps.append(MISSING if not taken else str(taken[0]) if len(taken) == 1 else f"{taken[0]}-{taken[-1]}")
+    lines.append(f"| {lab_config.method_label(lab_config.split_run_name(name)[0])} | "
+                 + " | ".join(cells + deltas + steps) + " |")
+  return lines
+
+
+def snr_dirs(workdir: str) -> list[str]:
+  """Every SNR directory of the lab: the shared ones (initial student), then those at a training step
+  (in uniform's first-seed runs)."""
+  shared = sorted(glob.glob(os.path.join(workspace.snr_root(workspace.lab_shared_dir(workdir)), "*", "snr.csv")))
+  runs = sorted(glob.glob(os.path.join(workspace.snr_root(os.path.join(
+      workspace.lab_runs_root(workdir), "*", lab_runner.SNR_RUN, "seed*")), "*", "snr.csv")))
+  return [os.path.dirname(p) for p in shared + runs]
+
+
+def _snr_rows(directory: str) -> tuple[dict, list[dict]]:
+  manifest = _read(os.path.join(directory, artifacts.MANIFEST)) or {}
+  with open(os.path.join(directory, "snr.csv"), newline="") as f:
+    return manifest, list(csv.DictReader(f))
+
+
+def _snr_point(manifest: dict) -> str:
+  step = (manifest.get("settings") or {}).get("step", -1)
+  return "the initial student" if step < 0 else f"training step {step} (uniform, first seed)"
+
+
+def snr_verdicts(workdir: str) -> list[str]:
+  """One line per SNR point: does any pass-rate bin's signal share sit above its noise floor?"""
+  lines = []
+  for d in snr_dirs(workdir):
+    manifest, rows = _snr_rows(d)
+    above = [r["p"] for r in rows if r.get("above_floor") == "1"]
+    verdict = f"bins p = {', '.join(above)} above their floor" if above else "no bin distinguishable from its floor"
+    lines.append(f"- `{os.path.basename(d)}` at {_snr_point(manifest)}: **{verdict}** "
+                 f"({manifest.get('counts', {}).get('problems')} problems, "
+                 f"{manifest.get('divergence')} on {manifest.get('source')} sequences).")
   return lines
 
 
@@ -180,7 +223,7 @@ def _plot_levels(data: dict, tracks: Sequence[str], path: str) -> None:
     if evaluate.BASELINE_TAG in data["base"]:
       ax.plot(x, [100 * data["base"][evaluate.BASELINE_TAG]["levels"].get(lv, np.nan) for lv in names], "k--",
               label="initial student")
-    for method in data["config"].get("methods", []):
+    for method in lab_config.run_names(tuple(data["config"].get("methods", ()))):
       runs = [r for r in data["runs"] if r["track"] == track and r["method"] == method and r["levels"]]
       if runs:
         stats = [mean_se([r["levels"].get(lv) for r in runs]) for lv in names]
@@ -213,7 +256,7 @@ def _plot_loss(data: dict, tracks: Sequence[str], path: str) -> None:
   fig = Figure(figsize=(5 * len(tracks), 3.6))
   for i, track in enumerate(tracks):
     ax = fig.add_subplot(1, len(tracks), i + 1)
-    for j, method in enumerate(data["config"].get("methods", [])):
+    for j, method in enumerate(lab_config.run_names(tuple(data["config"].get("methods", ())))):
       for r in [r for r in data["runs"] if r["track"] == track and r["method"] == method]:
         metrics = workspace.train_metrics_file(r["workdir"])
         if os.path.exists(metrics):
@@ -238,13 +281,29 @@ def build(workdir: str) -> str:
            "are mean ± standard error over seeds, base rows ± standard error over problems.", ""]
   e = cfg.get("experiment", {})
   t = e.get("train", {})
-  lines += [f"Every run: {t.get('steps')} steps of {t.get('batch_size')} problems, lr {t.get('lr')}; "
-            f"{e.get('problems', {}).get('n_train')} training and {e.get('problems', {}).get('n_heldout')} held-out "
+  unique = cfg.get("unique_problems") or e.get("problems", {}).get("n_train")
+  lines += [f"Every run: one pass over fresh problems (none seen twice), {t.get('batch_size')} problems a step, "
+            f"lr {t.get('lr')}; a pool of {e.get('problems', {}).get('n_train')} training problems, "
+            f"{unique} of them per run at equal data, and {e.get('problems', {}).get('n_heldout')} "
+            "held-out "
             f"problems; pass rates from K = {e.get('pass_rate', {}).get('sampling', {}).get('num_samples')} rollouts; "
             f"evaluation mean@{e.get('eval', {}).get('sampling', {}).get('num_samples')}; seeds {cfg.get('seeds')}.", ""]
+  verdicts = snr_verdicts(workdir)
+  if verdicts:
+    lines += ["## Is there a signal to weight? (gradient SNR, before any accuracy)", "",
+              "Per pass-rate bin, the signal share rho_hat = SNR - noise floor(n) with a simultaneous bootstrap "
+              "interval; a bin is above its floor when the interval excludes 0 (details and plots below).", ""]
+    lines += verdicts + [""]
   if tracks:
-    lines += ["## Overview", "", "Held-out accuracy over all levels (mean ± SE over seeds, n = seeds) and the "
-              "paired per-seed difference to uniform weighting, in points:", ""] + overview_table(data, tracks) + [""]
+    for budget, what in (("equal_data", "Equal unique data: every method gets the same first "
+                          f"{unique} problems of the pool, one pass; methods that give some "
+                          "weight 0 take fewer steps."),
+                         ("equal_steps", "Equal steps: every method takes the same steps of the same batch size, "
+                          "each problem new; methods that give some weight 0 draw from the whole pool.")):
+      lines += [f"## Overview: {lab_config.BUDGET_LABELS[budget]}", "", what + " Held-out accuracy over all levels "
+                "(mean ± SE over seeds, n = seeds), the paired per-seed difference to uniform, in points, and the "
+                "steps taken (a method whose weights are never 0, like uniform or AKL, has one run serving both tables):", ""]
+      lines += overview_table(data, tracks, budget) + [""]
   for track in tracks:
     lines += [f"## {TRACK_TITLES[track]}", ""] + track_table(data, track) + [""]
   images = []
@@ -262,18 +321,15 @@ def build(workdir: str) -> str:
     lines += ["## Initial student's pass rates", "", "Training problems per level (rows) by correct rollouts of K "
               "(columns):", "", "```", lab_runner.format_level_histogram(hist), "```", "",
               "![pass rates](pass_rates.png)", ""]
-  for path in sorted(glob.glob(os.path.join(workspace.snr_root(shared), "*", "snr.csv"))):
-    tag = os.path.basename(os.path.dirname(path))
+  for directory in snr_dirs(workdir):
+    tag = os.path.basename(directory)
     name = f"snr_{tag}.png"
-    with open(os.path.join(os.path.dirname(path), "snr.png"), "rb") as f:
+    with open(os.path.join(directory, "snr.png"), "rb") as f:
       artifacts.write_bytes(os.path.join(out, name), f.read())
     images.append(name)
-    manifest = _read(os.path.join(os.path.dirname(path), artifacts.MANIFEST)) or {}
-    with open(path, newline="") as f:
-      rows = list(csv.DictReader(f))
+    manifest, rows = _snr_rows(directory)
     settings = manifest.get("settings") or {}
-    where = "the initial student" if settings.get("step", -1) < 0 else f"training step {settings['step']}"
-    lines += [f"## Gradient SNR at {where}: {tag}", "",
+    lines += [f"## Gradient SNR at {_snr_point(manifest)}: {tag}", "",
               f"Divergence `{manifest.get('divergence')}` on `{manifest.get('source')}` sequences, "
               f"{manifest.get('counts', {}).get('problems')} problems, count sketch D = {manifest.get('dim')}. "
               "The noise floor is what n problems of pure noise give; rho_hat is the signal share above it.", "",

@@ -8,15 +8,20 @@
     eval/initial/, eval/teacher/     the initial student and the teacher on held-out + solved set
     snr/<track>/                     gradient SNR at the initial student, per track
     pool/, solved.jsonl              the retain set: unseen problems the initial student solved K/K
-  WORKDIR/runs/<track>/<method>/seed<s>/  one pipeline workspace per run: the shared inputs are
+  WORKDIR/runs/<track>/<run>/seed<s>/  one pipeline workspace per run (<run>: lab_config.run_names): the shared inputs are
                                    symlinked in; checkpoints/, metrics/, eval/final/ are its own,
                                    and so is pass_rates/: only its round 0000 links to the shared
                                    one, so a recomputed round stays inside the run that made it
 
-Every run has the same step budget, batch size and learning rate; methods differ only in the
-weights and the divergence (METHODS), tracks only in the data source, divergence and teacher
-(TRACKS), seeds only in the batch order and the on-policy rollouts. A run whose final
-evaluation exists is skipped, so the same command finishes an interrupted lab.
+Every run makes one pass over fresh problems (train.one_pass: none is seen twice) with the same
+batch size and learning rate. Uniform and AKL take N / batch_size steps over the pool's first N
+(lab.unique_problems); a method that gives some problems weight 0 runs twice: `.equal_data` over
+the same N (fewer steps: the kept ones), `.equal_steps` for the same steps drawing kept problems
+from the whole pool. Methods differ only in the weights and the divergence, tracks only in the
+data source, divergence and teacher (TRACKS), seeds only in the walk order and the on-policy
+rollouts. The two-stage track recomputes pass rates at its midpoint (each run in its own
+pass_rates/). A run whose final evaluation exists is skipped, so the same command finishes an
+interrupted lab.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from paced_jax.problems import prepare as prepare_lib
 from paced_jax.teacher import reference
 from paced_jax.analysis import snr
 from paced_jax.teacher import stage as teacher_stage
+from paced_jax.training import data as training_data
 from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
-from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings
+from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings, run_names, split_run_name
 
 SOLVED = "solved"          # benchmark name of the retain set
 TEACHER_TAG = "teacher"    # eval tag of the teacher in the shared workspace
@@ -76,14 +82,36 @@ def track_config(lab: LabConfig, track: str, workdir: str) -> ExperimentConfig:
                              train=dataclasses.replace(cfg.train, loss=TRACK_LOSS[track]))
 
 
-def run_config(lab: LabConfig, track: str, method: str, seed: int) -> ExperimentConfig:
-  cfg = track_config(lab, track, workspace.lab_run_dir(lab.workdir, track, method, seed))
+def equal_steps(lab: LabConfig) -> int:
+  return lab.unique() // lab.experiment.train.batch_size
+
+
+def run_config(lab: LabConfig, track: str, name: str, seed: int) -> ExperimentConfig:
+  """One run's settings. An `.equal_data` run's steps are the full batches of its kept problems
+  among the first N under the shared round-0 pass rates (so prepare_shared must have run)."""
+  method, budget = split_run_name(name)
+  cfg = track_config(lab, track, workspace.lab_run_dir(lab.workdir, track, name, seed))
   scheme, alpha, beta, loss = method_settings(method)
+  weights = dataclasses.replace(cfg.weights, scheme=scheme, alpha=alpha, beta=beta)
   t = cfg.train
-  train = dataclasses.replace(t, seed=seed, loss=loss or t.loss,
+  pool = 0 if budget == "equal_steps" else lab.unique()
+  train = dataclasses.replace(t, seed=seed, loss=loss or t.loss, one_pass=True, pool=pool, steps=equal_steps(lab),
                               rollout_sampling=dataclasses.replace(t.rollout_sampling, seed=seed))
-  return dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, scheme=scheme, alpha=alpha, beta=beta),
-                             train=train)
+  cfg = dataclasses.replace(cfg, weights=weights, train=train)
+  if budget == "equal_data":
+    shared = dataclasses.replace(cfg, workdir=workspace.lab_shared_dir(lab.workdir))
+    steps = training_data.one_pass_steps(shared, SHARED_ROUND)
+    if steps < 2:
+      raise ValueError(f"lab {track}/{name}: {steps} full batches of kept problems among the first "
+                       f"{lab.unique()}; raise unique_problems")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+  # The midpoint checkpoint feeds the SNR at a training step; the two-stage track recomputes pass
+  # rates at its midpoint, as the paper's two-stage tables (and presets) do.
+  half = cfg.train.steps // 2
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=half))
+  if track == "two_stage":
+    cfg = dataclasses.replace(cfg, pass_rate=dataclasses.replace(cfg.pass_rate, recompute_every=half))
+  return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +243,9 @@ def _outcome_settings(cfg: ExperimentConfig) -> dict:
   return {k: v for k, v in to_json(cfg).items() if k not in ("snr", "run_snr")}
 
 
-def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher) -> dict:
-  """Train and evaluate one (track, method, seed); a finished run is read back, not redone."""
-  cfg = run_config(lab, track, method, seed)
+def run_one(lab: LabConfig, track: str, name: str, seed: int, student, teacher) -> dict:
+  """Train and evaluate one (track, run name, seed); a finished run is read back, not redone."""
+  cfg = run_config(lab, track, name, seed)
   record_path = os.path.join(cfg.workdir, RUN_RECORD)
   config_path = workspace.config_file(cfg.workdir)
   if os.path.exists(config_path):  # a finished or killed run of other settings is never mixed in
@@ -231,27 +259,49 @@ def run_one(lab: LabConfig, track: str, method: str, seed: int, student, teacher
   trainer.train(cfg, student, frozen, progress=False)
   step, params = trainer.restore_params(cfg, student)
   result = evaluate.evaluate(cfg, student, params=params, tag="final",
-                             fingerprint=f"{student.fingerprint}@{track}/{method}/seed{seed}/step{step}")
-  record = {"track": track, "method": method, "seed": seed, "steps": step, "seconds": time.time() - tic,
-            "accuracy": {name: s["accuracy"] for name, s in result["benchmarks"].items()}}
+                             fingerprint=f"{student.fingerprint}@{track}/{name}/seed{seed}/step{step}")
+  method, budget = split_run_name(name)
+  record = {"track": track, "method": name, "budget": budget or "both", "seed": seed, "steps": step,
+            "problems": step * cfg.train.batch_size,  # one pass: every problem drawn is a new one
+            "seconds": time.time() - tic,
+            "accuracy": {b: s["accuracy"] for b, s in result["benchmarks"].items()}}
   artifacts.write_json(record_path, record)  # last: marks the run finished
   return record
 
 
+SNR_RUN = "uniform"   # the run whose midpoint checkpoint the SNR at a training step reads (its first seed)
+
+
+def snr_at_step(lab: LabConfig, track: str, student, teacher) -> str:
+  """Gradient SNR at the midpoint of uniform's first-seed run (that run must have finished), in its
+  workspace: snr/<track>_step<N>/ with the run's latest pass rates (the two-stage track's midpoint
+  recompute; the other tracks have only the initial student's)."""
+  cfg = run_config(lab, track, SNR_RUN, lab.seeds[0])
+  step = cfg.train.checkpoint_every
+  return snr.run(cfg, student, student if track == "self_distill" else teacher, tag=f"{track}_step{step}",
+                 step=step, source="offline" if track == "distill" else "on_policy")
+
+
 def run_all(lab: LabConfig, student=None, teacher=None) -> list[dict]:
-  """Every run, seed by seed (a partial lab then still has whole tables for its first seeds)."""
+  """Uniform's first seed per track and the SNR at its midpoint first, then every other run seed
+  by seed (a partial lab then still has whole tables for its first seeds)."""
   if student is None:
     student, teacher = prepare_shared(lab)
+  names = run_names(lab.methods)
+  order = [(seed, track, name) for seed in lab.seeds for track in lab.tracks for name in names]
+  if lab.snr and SNR_RUN in names:
+    first = [(lab.seeds[0], track, SNR_RUN) for track in lab.tracks]
+    order = first + [x for x in order if x not in first]
   records = []
-  total = len(lab.seeds) * len(lab.tracks) * len(lab.methods)
   tic = time.time()
-  for seed in lab.seeds:
-    for track in lab.tracks:
-      for method in lab.methods:
-        record = run_one(lab, track, method, seed, student, teacher)
-        records.append(record)
-        acc = record["accuracy"].get("heldout")
-        print(f"[{len(records)}/{total}] {track} {method} seed {seed}: held-out "
-              f"{'-' if acc is None else f'{100 * acc:.1f}%'}, {record['seconds']:.0f} s "
-              f"(lab {(time.time() - tic) / 60:.1f} min)", flush=True)
+  for seed, track, name in order:
+    record = run_one(lab, track, name, seed, student, teacher)
+    records.append(record)
+    acc = record["accuracy"].get("heldout")
+    print(f"[{len(records)}/{len(order)}] {track} {name} seed {seed}: held-out "
+          f"{'-' if acc is None else f'{100 * acc:.1f}%'}, {record['steps']} steps, {record['seconds']:.0f} s "
+          f"(lab {(time.time() - tic) / 60:.1f} min)", flush=True)
+    if lab.snr and (seed, name) == (lab.seeds[0], SNR_RUN):
+      snr_at_step(lab, track, student, teacher)
+      print(f"gradient SNR of {track} at uniform's midpoint ready (lab {(time.time() - tic) / 60:.1f} min)", flush=True)
   return records

@@ -2,7 +2,8 @@
 
 The problem batch of step s is a pure function of (seed, s) through a grain MapDataset, so the
 data iterator's checkpointed state is just the step number, and a resumed run sees the same
-batches. Sequences come either from stored references + the offline teacher store, or on-policy:
+batches. With train.one_pass the batches walk a seeded order of the pool once instead; the walk
+up to step s is replayed from the pass-rate rounds on disk (one_pass_walk), so it resumes too. Sequences come either from stored references + the offline teacher store, or on-policy:
 the current student samples, the frozen teacher scores the same tokens under its own prompt.
 """
 
@@ -39,11 +40,24 @@ class WeightedProblems:
   K: int
   dropped: int                       # problems with w = 0 left out
   round_dir: str
+  one_pass: bool = False             # problems are in walk order, each drawn once from first_step on
+  first_step: int = 0                # one pass: the step this round's part of the walk starts at
 
   def batch(self, step: int, batch_size: int, seed: int) -> list[Problem]:
-    """The problems of `step`: epochs of a seeded shuffle, reshuffled every epoch."""
+    """The problems of `step`: epochs of a seeded shuffle, reshuffled every epoch; or the next
+    `batch_size` of the one-pass walk (an IndexError past its end: see one_pass_steps)."""
+    if self.one_pass:
+      start = (step - self.first_step) * batch_size
+      if start < 0 or start + batch_size > len(self.problems):
+        raise IndexError(f"one-pass step {step}: the walk from step {self.first_step} has "
+                         f"{len(self.problems) // batch_size} full batches of {batch_size}")
+      return list(self.problems[start:start + batch_size])
     ds = grain.MapDataset.source(list(range(len(self.problems)))).shuffle(seed=seed).repeat().batch(batch_size)
     return [self.problems[i] for i in ds[step]]
+
+  def steps_left(self, batch_size: int) -> int:
+    """One pass: the last step (exclusive) this round's walk has a full batch for."""
+    return self.first_step + len(self.problems) // batch_size
 
   def summary(self) -> dict:
     w = np.array([self.weight[p.id] for p in self.problems], np.float64)
@@ -51,14 +65,29 @@ class WeightedProblems:
             "ess": float(weights_lib.effective_sample_size(w.sum(), (w ** 2).sum())), "mean_weight": float(w.mean()) if len(w) else 0.0}
 
 
-def weighted_problems(cfg: ExperimentConfig, round_: int | None = None) -> WeightedProblems:
-  """Weights from the pass rates of `round_` (default: the latest finished round)."""
+def pool(cfg: ExperimentConfig) -> list[Problem]:
+  """The training problems a run may draw: the first train.pool of them (all if 0), and for a
+  one-pass run in the walk's order (a permutation seeded by train.seed)."""
+  problems = read_problems(cfg.workdir, "train")
+  t = cfg.train
+  if t.pool > len(problems):
+    raise ValueError(f"config.train.pool: {t.pool} problems asked, {cfg.workdir}/problems has {len(problems)}")
+  problems = problems[:t.pool] if t.pool else problems
+  if t.one_pass:
+    problems = [problems[i] for i in np.random.default_rng(t.seed).permutation(len(problems))]
+  return problems
+
+
+def weighted_problems(cfg: ExperimentConfig, round_: int | None = None, *, exclude: frozenset[str] = frozenset(),
+                      first_step: int = 0) -> WeightedProblems:
+  """Weights from the pass rates of `round_` (default: the latest finished round) over the pool,
+  less the `exclude`d problems (one pass: those drawn before `first_step`)."""
   round_ = pass_rate.latest_round(cfg.workdir) if round_ is None else round_
   if round_ is None:
     raise FileNotFoundError(f"{cfg.workdir}/pass_rates: no finished round; run the pass_rate stage first")
   directory = workspace.pass_rates_dir(cfg.workdir, round_)
   by_id = {r["id"]: r for r in pass_rate.read_records(directory)}
-  problems = read_problems(cfg.workdir, "train")
+  problems = [p for p in pool(cfg) if p.id not in exclude]
   missing = [p.id for p in problems if p.id not in by_id]
   if missing:
     raise ValueError(f"{directory}: no pass rate for {len(missing)} training problems (e.g. {missing[0]!r})")
@@ -70,7 +99,34 @@ def weighted_problems(cfg: ExperimentConfig, round_: int | None = None) -> Weigh
     raise ValueError(f"{directory}: every problem has weight 0 under scheme {cfg.weights.scheme!r} "
                      "(pass rates all 0 or 1); set config.weights.keep_zero_weight=True or use easier problems")
   return WeightedProblems(kept, {p.id: float(x) for p, x in zip(problems, w)},
-                          {p.id: int(c) for p, c in zip(problems, correct)}, K, len(problems) - len(kept), directory)
+                          {p.id: int(c) for p, c in zip(problems, correct)}, K, len(problems) - len(kept), directory,
+                          one_pass=cfg.train.one_pass, first_step=first_step)
+
+
+def one_pass_walk(cfg: ExperimentConfig, round_: int) -> tuple[WeightedProblems, frozenset[str]]:
+  """(data of round `round_`, ids drawn before it) of a one-pass run: round r (the r-th
+  pass-rate recompute, at step r x pass_rate.recompute_every) weights the problems the rounds
+  before it left undrawn, and its walk starts where theirs stopped."""
+  every, B = cfg.pass_rate.recompute_every, cfg.train.batch_size
+  drawn: frozenset[str] = frozenset()
+  data = weighted_problems(cfg, 0)
+  for r in range(1, round_ + 1):
+    drawn |= {p.id for p in data.problems[:(r * every - data.first_step) * B]}
+    data = weighted_problems(cfg, r, exclude=drawn, first_step=r * every)
+  return data, drawn
+
+
+def undrawn(cfg: ExperimentConfig, data: WeightedProblems, drawn: frozenset[str], step: int) -> list[Problem]:
+  """One pass: the pool's problems not drawn by the end of `step` (what a recompute there reweights)."""
+  drawn = drawn | {p.id for p in data.problems[:(step - data.first_step) * cfg.train.batch_size]}
+  return [p for p in pool(cfg) if p.id not in drawn]
+
+
+def one_pass_steps(cfg: ExperimentConfig, round_: int = 0) -> int:
+  """The full batches a one-pass run has from the weights of `round_` (its step budget when no
+  recompute changes them)."""
+  return len(weighted_problems(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, one_pass=True)),
+                               round_).problems) // cfg.train.batch_size
 
 
 def offline_examples(problems: Sequence[Problem], data: WeightedProblems, refs: dict[str, dict], store: TeacherStore,

@@ -144,7 +144,8 @@ def _log_step(log: metrics_lib.MetricsWriter, record: dict) -> None:
 
 def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, progress: bool = True,
           writer: metrics_lib.MetricsWriter | None = None) -> int:
-  """Run (or resume) training to `cfg.train.steps`; returns the final step. Raises SystemExit(143) on SIGTERM.
+  """Run (or resume) training to `cfg.train.steps` (a one-pass run: or until its walk runs out); returns the final
+  step. Raises SystemExit(143) on SIGTERM.
 
   `writer` (the caller's, left open) or else a writer of its own, closed at the end."""
   t = cfg.train
@@ -152,7 +153,12 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   extended = check_resume(cfg)
   if extended:
     print(f"continuing training with {', '.join(f'{k} = {v}' for k, v in ((k, _get(cfg, k)) for k in extended))}")
-  data = training_data.weighted_problems(cfg)
+  # A one-pass run starts at round 0 (its walk from the start); the round of a resumed step comes below.
+  data = training_data.weighted_problems(cfg, 0 if t.one_pass else None)
+  drawn: frozenset[str] = frozenset()
+  if t.one_pass and data.steps_left(t.batch_size) == 0:
+    raise ValueError(f"{data.round_dir}: one pass over {len(data.problems)} kept problems has no full batch of "
+                     f"{t.batch_size} (config.train.pool / batch_size)")
   _check_seq_len(cfg, student, data.problems)
   print(f"training on {data.summary()}")
   stages = {stage_of(cfg, s) for s in range(t.steps)}
@@ -165,6 +171,11 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   mngr = checkpoint_manager(cfg.workdir)
   start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
   checkpoints.set_aside_newer(cfg.workdir, mngr, start)
+  every = cfg.pass_rate.recompute_every
+  if t.one_pass and start and every:
+    # Round r is the recompute at step r x every: a resumed run takes the round its start step had
+    # (one written after the last checkpoint is reused when the run gets there again).
+    data, drawn = training_data.one_pass_walk(cfg, min(pass_rate.latest_round(cfg.workdir), start // every))
   if start:
     state = ts.TrainState(**checkpoints.restore(mngr, start, _abstract(state._asdict(), sharding._asdict())))
     print(f"resumed from checkpoint at step {start}")
@@ -179,8 +190,12 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   pad = tokenization.pad_id(student.tokenizer)
   bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index() > 0)
   skipped_in_a_row = 0
+  done = start
   try:
     for s in range(start, t.steps):
+      if t.one_pass and s >= data.steps_left(t.batch_size):
+        print(f"one pass: no full batch of unseen kept problems left; training ends at step {s} of {t.steps}")
+        break
       tic = time.perf_counter()
       source, div = stage_of(cfg, s)
       problems = data.batch(s, t.batch_size, t.seed)
@@ -210,7 +225,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       bar.update(1)
       bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", stage=source)
       done = s + 1
-      if done % t.checkpoint_every == 0 or done == t.steps or term.requested:
+      last = done == t.steps or (t.one_pass and done >= data.steps_left(t.batch_size))
+      if done % t.checkpoint_every == 0 or last or term.requested:
         mngr.save(done, args=ocp.args.StandardSave(state._asdict()), force=True)
         mngr.wait_until_finished()
         if jax.process_index() == 0:
@@ -218,11 +234,16 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       if term.requested:
         print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
         raise SystemExit(143)
-      every = cfg.pass_rate.recompute_every
       if every and done % every == 0 and done < t.steps:
-        r = pass_rate.latest_round(cfg.workdir) + 1
-        pass_rate.run(cfg, student, round_=r, params=state.params, fingerprint=f"{student.fingerprint}@step{done}")
-        data = training_data.weighted_problems(cfg, r)
+        r = done // every if t.one_pass else pass_rate.latest_round(cfg.workdir) + 1
+        fingerprint = f"{student.fingerprint}@step{done}"
+        if t.one_pass:  # only what the walk can still draw
+          pass_rate.run(cfg, student, round_=r, params=state.params, fingerprint=fingerprint,
+                        problems=training_data.undrawn(cfg, data, drawn, done))
+          data, drawn = training_data.one_pass_walk(cfg, r)
+        else:
+          pass_rate.run(cfg, student, round_=r, params=state.params, fingerprint=fingerprint)
+          data = training_data.weighted_problems(cfg, r)
   finally:
     bar.close()
     log.close_train_log()
@@ -230,7 +251,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       log.close()
     term.restore()
     mngr.close()
-  return t.steps
+  return done
 
 
 def _get(cfg, dotted: str):
