@@ -90,10 +90,10 @@ def test_trained_model_is_cached_and_refuses_other_settings(tmp_path):
 
 # The style gap: hand-written solutions of one problem per level shape, in both formats.
 HAND = {
-    "47+8": ("47+8=55\nAnswer: 55", "55\nAnswer: 55"),
-    "47+8-5+3-9": ("47+8=55\n55-5=50\n50+3=53\n53-9=44\nAnswer: 44", "55\n50\n53\n44\nAnswer: 44"),
-    "7*8+23": ("7*8=56\n56+23=79\nAnswer: 79", "56\n79\nAnswer: 79"),
-    "37*6+15": ("30*6=180\n7*6=42\n180+42=222\n222+15=237\nAnswer: 237", "222\n237\nAnswer: 237"),
+    "47+8": ("47+8=55\nAnswer: 55", "+8=55\nAnswer: 55"),
+    "47+8-5+3-9": ("47+8=55\n55-5=50\n50+3=53\n53-9=44\nAnswer: 44", "+8=55\n-5=50\n+3=53\n-9=44\nAnswer: 44"),
+    "7*8+23": ("7*8=56\n56+23=79\nAnswer: 79", "*8=56\n+23=79\nAnswer: 79"),
+    "37*6+15": ("30*6=180\n7*6=42\n180+42=222\n222+15=237\nAnswer: 237", "*6=222\n+15=237\nAnswer: 237"),
 }
 
 
@@ -138,8 +138,8 @@ class _Scripted:
 
 def test_off_path_prefixes_by_hand():
   # Terse branch: the student's running value after the product, then the worked rest.
-  assert B.off_path("37*6+15", _Scripted(0.2, 1)) == ("222\n", "222+15=237\nAnswer: 237")
-  assert B.off_path("37*6+15", _Scripted(0.2, 2)) == ("222\n237\n", "Answer: 237")
+  assert B.off_path("37*6+15", _Scripted(0.2, 1)) == ("*6=222\n", "222+15=237\nAnswer: 237")
+  assert B.off_path("37*6+15", _Scripted(0.2, 2)) == ("*6=222\n+15=237\n", "Answer: 237")
   # Error branch: worked lines up to a wrong one (7*6=44), then the worked lines after it, from the right 222.
   assert B.off_path("37*6+15", _Scripted(0.7, 1, 2)) == ("30*6=180\n7*6=44\n", "180+42=222\n222+15=237\nAnswer: 237")
   assert B.off_path("47+8", _Scripted(0.7, 0, -10)) == ("47+8=45\n", "Answer: 55")
@@ -166,7 +166,7 @@ def test_context_examples_train_only_the_way_back():
     # Off the path: the target is the tail of the worked solution, ending in the right answer.
     assert target.endswith(f"Answer: {lab_tasks.answer_of(expr)}") and context.endswith(target)
     lines = prefix.rstrip("\n").split("\n")
-    if "=" in lines[-1]:
+    if lines[-1][0].isdigit():
       kinds["error"] += 1
       lhs, rhs = lines[-1].split("=")
       assert int(rhs) != int(eval(lhs, {"__builtins__": {}}))    # digits and + - * only

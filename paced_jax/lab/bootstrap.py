@@ -155,16 +155,16 @@ class Corpus:
 def off_path(expr: str, rng: random.Random) -> tuple[str, str]:
   """(a response prefix off the worked path, the worked continuation to the right answer).
 
-  Half the time the prefix is the running values of the first k operations in the student's terse
-  format, and the continuation the worked lines of the rest; half the time it is the worked lines
-  up to one whose result is wrong, and the continuation the worked lines after it, which start
-  from the correct value (the context's), not the wrong one.
+  Half the time the prefix is the first k operations in the student's terse format and the
+  continuation the worked lines of the rest; half the time it is the worked lines up to one whose
+  result is wrong, and the continuation the worked lines after it, which start from the correct
+  value (the context's), not the wrong one.
   """
   ops = lab_arithmetic.worked_ops(expr)
   answer = lab_arithmetic.answer_line(expr)
   if rng.random() < 0.5:
     k = rng.randint(1, len(ops))
-    prefix = [str(value) for _, value in ops[:k]]
+    prefix = lab_arithmetic.terse_lines(expr)[:k]
     rest = [line for lines, _ in ops[k:] for line in lines]
   else:
     lines = [line for lines, _ in ops for line in lines]

@@ -16,14 +16,15 @@ and the size of the numbers in them (LEVELS), which is what makes a small model'
 from near 1 to near 0 across levels. Grading is exact: the text after the last `Answer:` must be
 the answer's digits.
 
-The lab's student is bootstrapped on a second, worse format (FORMATS, `terse`): the running
-value after each operation, one per line, with no operands and no tens-and-units split,
+The lab's student is bootstrapped on a second, worse format (FORMATS, `terse`): each operation as
+its operator, operand and the running value, without the left operand and without the
+tens-and-units split,
 
-  222
-  237
+  *6=222
+  +15=237
   Answer: 237
 
-so it must recall each operand from the prompt and do a two-digit product in one step. The
+so it must carry the running value across lines and do a two-digit product in one step. The
 teacher's worked format is a decomposition shared by every problem: what distillation from the
 teacher can carry over beyond per-problem facts (the style gap). Both end in the same answer line.
 
@@ -151,9 +152,15 @@ def solution(expr: str) -> str:
   return "\n".join(solution_steps(expr) + [answer_line(expr)])
 
 
+def terse_lines(expr: str) -> list[str]:
+  """The student's lines: operator, operand and running value per operation ('*6=222')."""
+  numbers, ops = parse(expr)
+  return [f"{op}{x}={value}" for op, x, (_, value) in zip(ops, numbers[1:], worked_ops(expr))]
+
+
 def terse_solution(expr: str) -> str:
-  """The student's format: the running value after each operation, then the answer line."""
-  return "\n".join([str(value) for _, value in worked_ops(expr)] + [answer_line(expr)])
+  """The student's format: terse_lines, then the answer line."""
+  return "\n".join(terse_lines(expr) + [answer_line(expr)])
 
 
 # Solution format name -> writer; BootstrapConfig picks one for each bootstrapped model.
