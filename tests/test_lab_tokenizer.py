@@ -16,11 +16,15 @@ def saved(tmp_path_factory):
   return lab_tokenizer.save(str(tmp_path_factory.mktemp("lab_tok")))
 
 
+def _expr(problem) -> str:
+  return problem.prompt.removeprefix("Compute ").removesuffix(".")
+
+
 def _texts():
   c = load_config_file("lab.py")
   texts = []
   for p in lab_tasks.generate(120, seed=0, split="train"):
-    texts += [p.prompt, p.solution, c.experiment.prompts.solution_template.format(problem=p.prompt, solution=p.solution),
+    texts += [p.prompt, p.solution, lab_tasks.terse_solution(_expr(p)), c.experiment.prompts.solution_template.format(problem=p.prompt, solution=p.solution),
               c.experiment.prompts.answer_only_template.format(problem=p.prompt, answer=p.answer)]
   return texts
 

@@ -16,6 +16,18 @@ and the size of the numbers in them (LEVELS), which is what makes a small model'
 from near 1 to near 0 across levels. Grading is exact: the text after the last `Answer:` must be
 the answer's digits.
 
+The lab's student is bootstrapped on a second, worse format (FORMATS, `terse`): each operation as
+its operator, operand and the running value, without the left operand and without the
+tens-and-units split,
+
+  *6=222
+  +15=237
+  Answer: 237
+
+so it must carry the running value across lines and do a two-digit product in one step. The
+teacher's worked format is a decomposition shared by every problem: what distillation from the
+teacher can carry over beyond per-problem facts (the style gap). Both end in the same answer line.
+
 Problems are drawn by rejection from each level's own seeded stream and kept in the train or
 held-out partition of problems.in_split (which does not depend on the seed), round robin over
 the levels, so a longer list extends a shorter one.
@@ -96,24 +108,30 @@ def parse(expr: str) -> tuple[list[int], list[str]]:
   return [int(t) for t in tokens[::2]], tokens[1::2]
 
 
-def solution_steps(expr: str) -> list[str]:
-  """The worked lines of `expr` (without the answer line), left to right."""
+def worked_ops(expr: str) -> list[tuple[list[str], int]]:
+  """Per operation, left to right: (its worked lines, the running value after it)."""
   numbers, ops = parse(expr)
-  lines, value = [], numbers[0]
+  out, value = [], numbers[0]
   for op, x in zip(ops, numbers[1:]):
     if op == "*" and value < 10:
-      lines.append(f"{value}*{x}={value * x}")
+      lines = [f"{value}*{x}={value * x}"]
       value *= x
     elif op == "*":
       # 37*6 as 30*6 + 7*6: one-digit products and one addition, each a step a small model can learn.
       tens, units = value - value % 10, value % 10
-      lines += [f"{tens}*{x}={tens * x}", f"{units}*{x}={units * x}", f"{tens * x}+{units * x}={value * x}"]
+      lines = [f"{tens}*{x}={tens * x}", f"{units}*{x}={units * x}", f"{tens * x}+{units * x}={value * x}"]
       value *= x
     else:
       new = value + x if op == "+" else value - x
-      lines.append(f"{value}{op}{x}={new}")
+      lines = [f"{value}{op}{x}={new}"]
       value = new
-  return lines
+    out.append((lines, value))
+  return out
+
+
+def solution_steps(expr: str) -> list[str]:
+  """The worked lines of `expr` (without the answer line), left to right."""
+  return [line for lines, _ in worked_ops(expr) for line in lines]
 
 
 def answer_of(expr: str) -> int:
@@ -125,8 +143,28 @@ def answer_of(expr: str) -> int:
   return value
 
 
+def answer_line(expr: str) -> str:
+  return f"{ANSWER_PREFIX}{answer_of(expr)}"
+
+
 def solution(expr: str) -> str:
-  return "\n".join(solution_steps(expr) + [f"{ANSWER_PREFIX}{answer_of(expr)}"])
+  """The teacher's worked solution (the Problem's `solution`, and the self-distillation context)."""
+  return "\n".join(solution_steps(expr) + [answer_line(expr)])
+
+
+def terse_lines(expr: str) -> list[str]:
+  """The student's lines: operator, operand and running value per operation ('*6=222')."""
+  numbers, ops = parse(expr)
+  return [f"{op}{x}={value}" for op, x, (_, value) in zip(ops, numbers[1:], worked_ops(expr))]
+
+
+def terse_solution(expr: str) -> str:
+  """The student's format: terse_lines, then the answer line."""
+  return "\n".join(terse_lines(expr) + [answer_line(expr)])
+
+
+# Solution format name -> writer; BootstrapConfig picks one for each bootstrapped model.
+FORMATS = {"worked": solution, "terse": terse_solution}
 
 
 def extract_answer(text: str) -> str | None:
