@@ -202,10 +202,13 @@ def bootstrap_lines(workdir: str) -> list[str]:
                 f"{spec.get('steps')} | {last.get('loss', float('nan')):.4f} | {manifest.get('seconds', 0):.0f} |")
   if not rows:
     return []
-  b = (_read(os.path.join(workspace.lab_models_dir(workdir), "teacher", artifacts.MANIFEST)) or {}).get("bootstrap", {})
+  # The student's manifest: the teacher's leaves out the student-only settings (formats, context share).
+  b = (_read(os.path.join(workspace.lab_models_dir(workdir), "student", artifacts.MANIFEST)) or {}).get("bootstrap", {})
   return ["## Bootstrap", "", f"Trained from scratch with the PACED train step on one-hot targets (k = 1), "
-          f"{b.get('batch_size')} worked solutions per step, lr {b.get('lr')} (cosine), "
-          f"{b.get('hint_fraction')} of them with the self-distillation context.", "",
+          f"{b.get('batch_size')} solutions per step, lr {b.get('lr')} (cosine); the teacher on the "
+          f"{b.get('teacher_format')!r} format, the student on the {b.get('student_format')!r} one, "
+          f"{b.get('hint_fraction')} of the student's with the self-distillation context "
+          f"({b.get('off_path_fraction')} of those from a prefix off the solution path).", "",
           "| model | family | layers | d | steps | final loss | seconds |", "|---|---|---|---|---|---|---|", *rows, ""]
 
 
