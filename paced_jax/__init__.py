@@ -5,7 +5,7 @@ from its own package and from the units listed *below* its own in LAYERS, never 
 (tests/test_layout.py checks this, function-level imports included, and that there is no cycle).
 
   tools/       thin absl mains, one per stage
-  pipeline.py  every stage in order;  aot.py  ahead-of-time compiles for TPU topologies
+  pipeline.py  every stage in order;  aot.py, aot_decode.py  ahead-of-time compiles (train, decode step)
   lab/         the synthetic method lab (bootstrap, runner, report)
   analysis/    after training: gradient-SNR diagnostic, the report
   training/    losses (the divergence registry), train step, weights, packing, data, trainer
@@ -45,6 +45,6 @@ LAYERS = (
     ("training",),
     ("analysis",),
     ("lab",),
-    ("pipeline", "aot", "presets"),
+    ("pipeline", "aot", "aot_decode", "presets"),
     ("tools",),
 )

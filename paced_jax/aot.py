@@ -1,5 +1,5 @@
-"""Ahead-of-time compiles of the train step and the sampler's decode step for a preset: per-device
-memory and FLOPs, no hardware.
+"""Ahead-of-time compile of the train step for a preset: per-device memory and FLOPs, no hardware
+(the sampler's decode step: aot_decode.py, on the same targets).
 
 Nothing is allocated: the student comes from `model.abstract_decoder` (shapes only), the train
 state from `jax.eval_shape`, the batch is ShapeDtypeStructs; `jax.jit(...).lower(...).compile()`
@@ -36,9 +36,8 @@ from paced_jax.model import decoder as model_lib
 from paced_jax.model import config as model_config
 from paced_jax.training import trainer
 from paced_jax.training import train_step as ts
-from paced_jax.config import ExperimentConfig, SamplingConfig
+from paced_jax.config import ExperimentConfig
 from paced_jax.model.known_architectures import KNOWN_ARCHITECTURES
-from paced_jax.sampling import sampler as sampler_lib
 
 GiB = 1 << 30
 
@@ -219,7 +218,7 @@ def sharded_param_bytes(mcfg: model_config.ModelConfig, mesh: Mesh, rules=mesh_l
              for x, s in zip(jax.tree.leaves(nnx.to_pure_dict(state)), jax.tree.leaves(shardings)))
 
 
-def _mesh(cfg: ExperimentConfig, devices: Sequence[Any]) -> Mesh:
+def experiment_mesh(cfg: ExperimentConfig, devices: Sequence[Any]) -> Mesh:
   shape = mesh_lib.mesh_shape(cfg.mesh, len(devices))
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), mesh_lib.AXES, axis_types=(AxisType.Auto,) * 3)
 
@@ -235,7 +234,7 @@ def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | No
   rows = rows or t.rows_per_step or t.batch_size
   seq_len = seq_len or t.seq_len
   divergence = divergence or trainer.stage_of(cfg, 0)[1]
-  mesh = _mesh(cfg, target.devices)
+  mesh = experiment_mesh(cfg, target.devices)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % t.micro_batches:
     raise AOTError(f"{rows} rows per step do not split into train.micro_batches={t.micro_batches}")
@@ -291,7 +290,7 @@ def compile_train_step(cfg: ExperimentConfig, target: Target, *, model: str | No
       resident_bytes=resident, notes=tuple(notes))
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
   return f"{n / GiB:8.2f} GiB" if abs(n) >= GiB / 10 else f"{n / (1 << 20):8.2f} MiB"
 
 
@@ -312,17 +311,17 @@ def format_report(r: AOTReport) -> str:
       f"step:        {r.rows} rows x {r.seq_len} tokens, {r.micro_batches} micro-batches, divergence {r.divergence}",
       f"compile:     {r.compile_seconds:.1f} s",
       "per device:",
-      f"  arguments       {_gib(r.argument_bytes)}   (train state shard + batch shard)",
-      f"  outputs         {_gib(r.output_bytes)}   ({_gib(r.alias_bytes).strip()} aliased to donated inputs)",
-      f"  temporaries     {_gib(r.temp_bytes)}",
-      f"  generated code  {_gib(r.generated_code_bytes)}",
-      f"  peak estimate   {_gib(r.peak_bytes)}   (arguments + outputs - aliased + temporaries + code)",
+      f"  arguments       {gib(r.argument_bytes)}   (train state shard + batch shard)",
+      f"  outputs         {gib(r.output_bytes)}   ({gib(r.alias_bytes).strip()} aliased to donated inputs)",
+      f"  temporaries     {gib(r.temp_bytes)}",
+      f"  generated code  {gib(r.generated_code_bytes)}",
+      f"  peak estimate   {gib(r.peak_bytes)}   (arguments + outputs - aliased + temporaries + code)",
   ]
-  lines.append(f"  + resident      {_gib(r.resident_bytes)}   (loaded student + teacher weights, outside the step)")
+  lines.append(f"  + resident      {gib(r.resident_bytes)}   (loaded student + teacher weights, outside the step)")
   total = r.peak_bytes + r.resident_bytes
   if t.hbm_bytes:
     verdict = "fits" if total <= t.hbm_bytes else "DOES NOT FIT"
-    lines.append(f"  HBM per device  {_gib(t.hbm_bytes)}   -> {verdict} ({100 * total / t.hbm_bytes:.0f}% of HBM)")
+    lines.append(f"  HBM per device  {gib(t.hbm_bytes)}   -> {verdict} ({100 * total / t.hbm_bytes:.0f}% of HBM)")
   n = len(t.devices)
   analytic = f"analytic 6ND + dense attention {r.analytic_flops:.3e} for the step ({r.analytic_flops / n:.3e} per device)"
   if r.flops is not None:
@@ -335,114 +334,4 @@ def format_report(r: AOTReport) -> str:
     lines.append(f"time bound:  >= {r.analytic_flops / n / t.peak_flops:.2f} s per step at peak bf16 "
                  f"({t.peak_flops / 1e12:.0f} TFLOP/s per device; remat recompute not included)")
   lines += [f"note:        {note}" for note in r.notes]
-  return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- the sampler's decode step
-
-@dataclasses.dataclass(frozen=True)
-class DecodeReport:
-  target: Target
-  model: str
-  sampling: SamplingConfig
-  rows: int                   # decode rows, all devices
-  rows_per_device: int
-  slots: int                  # cache slots a row holds at full length (prompt bucket + max_new_tokens)
-  window: int                 # slots a gathering paged step reads per row (its rows' longest length, bucketed)
-  pool_tokens: int            # paged: tokens of cache one device's page pool holds
-  paged_attention: str        # paged: how the step reads pages, 'ragged' (by each row's length) or 'gather' 
-  cache_bytes: int            # per device: the KV cache (dense) or page pool (paged)
-  weights_bytes: int          # per device: the decoding copy of the weights
-  replicated: bool            # that copy is whole on every batch-axis device
-  argument_bytes: int
-  output_bytes: int
-  alias_bytes: int
-  temp_bytes: int
-  generated_code_bytes: int
-  compile_seconds: float
-
-  @property
-  def peak_bytes(self) -> int:
-    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.generated_code_bytes
-
-
-def _device_bytes(tree) -> int:
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def compile_decode_step(cfg: ExperimentConfig, target: Target, *, model: str | None = None,
-                        sampling: SamplingConfig | None = None, prompt_len: int = 512, window: int | None = None,
-                        replicate_weights: bool | None = None) -> DecodeReport:
-  """Lower and compile one decode chunk of the sampler (pass-rate settings by default) with every
-  row at the prompt bucket of `prompt_len` + max_new_tokens slots; a paged cache is read through
-  `window` slots per row (default: all of them, the longest rows' cost). Decoding weights are
-  replicated over the batch axes when that copy takes at most a quarter of the chip's HBM."""
-  mcfg, tokenizer_vocab, where = resolve_model(model or cfg.student)
-  mcfg = mcfg.replace(compute_dtype=cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype)
-  sc = sampling or cfg.pass_rate.sampling
-  mesh = _mesh(cfg, target.devices)
-  abstract_state = nnx.state(model_lib.abstract_decoder(mcfg))
-  shardings = nnx.to_pure_dict(mesh_lib.state_shardings(abstract_state, mesh, cfg.mesh.rules))
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nnx.to_pure_dict(abstract_state), shardings)
-  if replicate_weights is None:
-    whole = param_count(mcfg) * jnp.dtype(mcfg.compute_dtype).itemsize / mesh.shape["tensor"]
-    replicate_weights = bool(target.hbm_bytes and whole <= target.hbm_bytes / 4)
-  valid_vocab = min(mcfg.vocab_size, tokenizer_vocab or mcfg.vocab_size)
-  sampler = sampler_lib.Sampler(mcfg, params, mesh, stop_ids=(0,), valid_vocab=valid_vocab,
-                                replicate_weights=replicate_weights)
-  rows = sampler.rows(sc, 1 << 30)
-  slots, pages = sampler._bucket(prompt_len, sc) + sc.max_new_tokens, 0
-  if sc.kv_cache == "paged":
-    slots = -(-slots // sc.page_size) * sc.page_size
-    pages = sampler.pages_per_device(sc, rows, slots // sc.page_size)
-    window = slots if sampler.paged_attention(sc) == "ragged" else min(window or slots, slots)
-  state = sampler.abstract_state(rows, slots, sc, pages)
-  paged = sc.kv_cache == "paged"
-  tic = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = sampler_lib.Sampler._decode_chunk.lower(sampler, sc.compiled_part(), window or 0, sampler.params,
-                                                       state).compile()
-  seconds = time.perf_counter() - tic
-  mem = compiled.memory_analysis()
-  return DecodeReport(
-      target=target, model=where, sampling=sc, rows=rows, rows_per_device=rows // sampler.row_multiple, slots=slots,
-      window=window or slots, pool_tokens=pages * sc.page_size,
-      paged_attention=sampler.paged_attention(sc) if paged else "",
-      cache_bytes=_device_bytes(state.cache.kv_QYZDh if paged else state.cache[:2]),
-      weights_bytes=_device_bytes(sampler.params), replicated=replicate_weights,
-      argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-      alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-      generated_code_bytes=int(mem.generated_code_size_in_bytes), compile_seconds=seconds)
-
-
-def format_decode_report(r: DecodeReport) -> str:
-  sc = r.sampling
-  lines = [
-      f"decode step: {r.model} on {r.target.description}",
-      f"  rows          {r.rows_per_device} per device ({r.rows} in all), {sc.chunk_steps} steps per chunk, "
-      f"{r.slots} slots per row at full length",
-      f"  weights       {_gib(r.weights_bytes)}   (decoding copy, "
-      f"{'replicated over the batch axes' if r.replicated else 'sharded like the trained weights'})",
-  ]
-  if sc.kv_cache == "paged":
-    per_row, pool = r.slots // sc.page_size, r.pool_tokens // sc.page_size
-    read = ("ragged paged attention reads each row's pages up to its length" if r.paged_attention == "ragged" else
-            f"gathers {r.window} slots per row into a window")
-    lines += [f"  cache         {_gib(r.cache_bytes)}   (paged, {sc.page_size}-slot pages; this step {read})",
-              f"  pages         {pool} per device = {r.pool_tokens} tokens, for {r.rows_per_device} rows of up to "
-              f"{per_row} pages ({r.slots} slots) each = {r.rows_per_device * per_row} pages at full length "
-              f"({100 * pool / max(r.rows_per_device * per_row, 1):.0f}%): a row holds ceil(length / "
-              f"{sc.page_size}) pages, {r.pool_tokens // max(r.rows_per_device, 1)} slots per row on average"]
-  else:
-    lines.append(f"  cache         {_gib(r.cache_bytes)}   (dense: every row holds {r.slots} slots)")
-  lines += [
-      f"  compile       {r.compile_seconds:.1f} s",
-      f"  arguments     {_gib(r.argument_bytes)}   (weights + decode state, cache included)",
-      f"  temporaries   {_gib(r.temp_bytes)}   ({100 * r.temp_bytes / max(r.cache_bytes, 1):.1f}% of the cache)",
-      f"  peak estimate {_gib(r.peak_bytes)}",
-  ]
-  if r.target.hbm_bytes:
-    lines.append(f"  HBM per device {_gib(r.target.hbm_bytes)}   -> "
-                 f"{100 * r.peak_bytes / r.target.hbm_bytes:.0f}% of HBM")
   return "\n".join(lines)

@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from paced_jax import aot, config as config_lib
+from paced_jax import aot, aot_decode, config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AOT_PYTHON = os.path.join(ROOT, ".venv", "aot", "bin", "python")
@@ -50,7 +50,7 @@ def test_tiny_decode_step_compiles_on_8_fake_devices(kv_cache):
   per_token = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * 4   # keys + values, float32
   # A pool of 10 pages per device, against 3 rows x 8 pages at full length (32 prompt + 100 new slots).
   s.cache_gib = 10.5 * 16 * per_token / (1 << 30)
-  report = aot.compile_decode_step(config_lib.experiment(c), aot.cpu_target(8), prompt_len=20, window=64)
+  report = aot_decode.compile_decode_step(config_lib.experiment(c), aot.cpu_target(8), prompt_len=20, window=64)
   assert report.rows == 12 and report.rows_per_device == 3
   if kv_cache == "dense":
     assert report.slots == 132 and report.cache_bytes == 3 * 132 * per_token
@@ -58,9 +58,9 @@ def test_tiny_decode_step_compiles_on_8_fake_devices(kv_cache):
     assert report.slots == 144 and report.window == 64 and report.pool_tokens == 160
     assert report.cache_bytes == 160 * per_token and report.paged_attention == "gather"  # CPU: no ragged kernel
     assert "10 per device = 160 tokens, for 3 rows of up to 9 pages (144 slots) each = 27 pages" in \
-        aot.format_decode_report(report)
+        aot_decode.format_report(report)
   assert report.argument_bytes >= report.cache_bytes + report.weights_bytes
-  assert report.temp_bytes > 0 and "decode step" in aot.format_decode_report(report)
+  assert report.temp_bytes > 0 and "decode step" in aot_decode.format_report(report)
 
 
 def test_tool_compiles_a_distributed_preset_as_one_process():

@@ -58,7 +58,7 @@ def _prepare_jax(cpu_devices: int) -> None:
 def main(argv):
   del argv
   cfg = flags.resolved_config()  # one process, no lock: a compile, not a run
-  from paced_jax import aot  # after flags: nothing may start a jax backend before _prepare_jax
+  from paced_jax import aot, aot_decode  # after flags: nothing may start a jax backend before _prepare_jax
   try:
     count = _DEVICES.value or (aot.device_count(_TOPOLOGY.value) if _TOPOLOGY.value else 8)
     _prepare_jax(count)
@@ -78,8 +78,8 @@ def main(argv):
       print(aot.format_report(aot.compile_train_step(cfg, target, model=_MODEL.value, rows=_BATCH.value,
                                                      seq_len=_SEQ_LEN.value, divergence=_DIVERGENCE.value)), flush=True)
     if "decode" in _STEPS.value:
-      print(aot.format_decode_report(aot.compile_decode_step(cfg, target, model=_MODEL.value,
-                                                             prompt_len=_PROMPT_LEN.value, window=_WINDOW.value)))
+      print(aot_decode.format_report(aot_decode.compile_decode_step(cfg, target, model=_MODEL.value,
+                                                                    prompt_len=_PROMPT_LEN.value, window=_WINDOW.value)))
   except (aot.AOTError, ValueError) as e:
     flags.fail(f"aot_check: {e}")
 
