@@ -399,8 +399,8 @@ def compile_decode_step(cfg: ExperimentConfig, target: Target, *, model: str | N
   state = sampler.abstract_state(rows, slots, sc, pages)
   tic = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = sampler_lib.Sampler._decode_chunk.lower(sampler, sc.compiled_part(), window or 0, sampler.params,
-                                                       state).compile()
+    compiled = sampler_lib.decode_chunk.lower(sampler.spec, sc.compiled_part(), window or 0, sampler.params,
+                                              state).compile()
   seconds = time.perf_counter() - tic
   mem = compiled.memory_analysis()
   return DecodeReport(

@@ -44,24 +44,30 @@ class Graded:
 
 
 def check_prompts(model: LoadedModel, problems: Sequence[Problem], render, sampling: SamplingConfig,
-                  where: str) -> None:
+                  where: str) -> int:
   """Refuse, before anything is sampled or written, a prompt with no room for `max_new_tokens` within
-  the model's positions; the error names the problem. `render(tokenizer, problem)` gives its ids."""
+  the model's positions; the error names the problem. `render(tokenizer, problem)` gives its ids.
+  Returns the longest prompt's length (the stage's `prompt_len` for `sample_and_grade`)."""
   room = model.cfg.max_position_embeddings - sampling.max_new_tokens
+  longest = 1
   for p in problems:
     n = len(render(model.tokenizer, p))
     if n > room:
       raise ConfigError(f"problem {p.id!r}: its {where} prompt has {n} tokens; with {where} max_new_tokens "
                         f"{sampling.max_new_tokens} that exceeds the model's {model.cfg.max_position_embeddings} "
                         "positions (shorten or drop the problem, or lower max_new_tokens)")
+    longest = max(longest, n)
+  return longest
 
 
 def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
-                     sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False) -> list[Graded]:
+                     sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False,
+                     prompt_len: int | None = None) -> list[Graded]:
   """`sampling.num_samples` responses to each prompt (one per problem) from `model` with `params`
-  (None: its loaded weights), decoded without special tokens and graded against the problem's answer."""
+  (None: its loaded weights), decoded without special tokens and graded against the problem's answer.
+  `prompt_len`: the longest prompt of the whole stage (`check_prompts`), so its chunks share one compile."""
   rollouts = Sampler.for_model(model, params).generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
-                                                       progress=progress)
+                                                       progress=progress, prompt_len=prompt_len)
   tok = model.tokenizer
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
   R = sampling.num_samples
