@@ -208,7 +208,7 @@ def write_jsonl_in_parts(directory: str, filename: str, chunks: Sequence[Any],
   else:
     write_json(settings_path, settings)
   part_path = lambda c: os.path.join(parts_dir, f"part-{c:05d}.jsonl")
-  for c, chunk in enumerate(progress_lib.bar(chunks, desc=desc, unit="chunk")):
+  for c, chunk in enumerate(progress.bar(chunks, desc=desc, unit="chunk")):
     if os.path.exists(part_path(c)):
       continue
     records = compute(chunk)

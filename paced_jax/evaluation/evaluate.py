@@ -31,6 +31,7 @@ from paced_jax.config import ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation.verifier import Grader
+from paced_jax.sampling.sampler import Sampler
 
 KIND = "eval"
 SUMMARY_KIND = "eval_benchmark"
@@ -69,17 +70,17 @@ def _identity(cfg: ExperimentConfig, bench: benchmarks_lib.Benchmark, tag: str, 
 
 
 def _chunk_records(model: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader, prompt_len: int) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler: Sampler) -> list[dict]:
   sampling = cfg.eval.sampling
   K = sampling.num_samples
   prompt_ids = [prompts_lib.student_prompt(model.tokenizer, p, cfg.prompts) for p in problems]
   graded = rollouts.sample_and_grade(model, params, problems, prompt_ids, sampling, grader, progress="eval samples",
-                                     prompt_len=prompt_len)
+                                     prompt_len=prompt_len, sampler=sampler)
   greedy = [None] * len(problems)
   if cfg.eval.greedy_pass1:
     greedy_cfg = dataclasses.replace(sampling, greedy=True, num_samples=1)
     greedy = rollouts.sample_and_grade(model, params, problems, prompt_ids, greedy_cfg, grader, progress="eval greedy",
-                                      prompt_len=prompt_len)
+                                      prompt_len=prompt_len, sampler=sampler)
   records = []
   for problem, g, g1 in zip(problems, graded, greedy):
     record = {"id": problem.id, "truth": problem.answer, "k": K, "correct": g.correct,
@@ -139,6 +140,8 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
   else:
     artifacts.write_json(settings_path, expected)
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
+  params = params if params is not None else model.params
+  sampler = Sampler.for_model(model, params)  # one copy of the weights for every chunk
   own_grader = grader is None
   grader = Grader(cfg.verifier) if own_grader else grader
   try:
@@ -146,8 +149,7 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
       part = os.path.join(parts_dir, f"part-{c:05d}.jsonl")
       if os.path.exists(part):
         continue
-      records = _chunk_records(model, params if params is not None else model.params, chunk, cfg, grader,
-                                prompt_len)
+      records = _chunk_records(model, params, chunk, cfg, grader, prompt_len, sampler)
       with artifacts.atomic_open(part) as f:
         for r in records:
           f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")

@@ -23,6 +23,7 @@ from paced_jax.problems.prepare import read_problems
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation import rollouts
 from paced_jax.evaluation.verifier import Grader
+from paced_jax.sampling.sampler import Sampler
 
 KIND = "pass_rates"
 RECORDS = "pass_rates.jsonl"
@@ -37,11 +38,11 @@ def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems
 
 
 def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader, prompt_len: int) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler: Sampler) -> list[dict]:
   pr = cfg.pass_rate
   prompt_ids = [prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts) for p in problems]
   graded = rollouts.sample_and_grade(student, params, problems, prompt_ids, pr.sampling, grader, progress="rollouts",
-                                     prompt_len=prompt_len)
+                                     prompt_len=prompt_len, sampler=sampler)
   R = pr.sampling.num_samples
   return [{"id": problem.id, "K": R, "correct": g.correct, "p": g.correct / R, "lengths": g.lengths,
            "finished": g.finished, "extracted": [v.extracted for v in g.verdicts],
@@ -80,9 +81,10 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
                                       cfg.pass_rate.sampling, "pass_rate.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   current = params if params is not None else student.params
+  sampler = Sampler.for_model(student, current)
   with Grader(cfg.verifier) as grader:
     records_path = artifacts.write_jsonl_in_parts(
-        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader, prompt_len),
+        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader, prompt_len, sampler),
         expected,
         desc=f"pass rates (round {round_})")
   records = read_records(directory, check=False)

@@ -62,12 +62,15 @@ def check_prompts(model: LoadedModel, problems: Sequence[Problem], render, sampl
 
 def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
                      sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False,
-                     prompt_len: int | None = None) -> list[Graded]:
+                     prompt_len: int | None = None, sampler: Sampler | None = None) -> list[Graded]:
   """`sampling.num_samples` responses to each prompt (one per problem) from `model` with `params`
   (None: its loaded weights), decoded without special tokens and graded against the problem's answer.
-  `prompt_len`: the longest prompt of the whole stage (`check_prompts`), so its chunks share one compile."""
-  rollouts = Sampler.for_model(model, params).generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
-                                                       progress=progress, prompt_len=prompt_len)
+  A stage that samples in chunks passes its longest prompt (`check_prompts`) as `prompt_len`, so
+  the chunks share one compile, and one `sampler` (`Sampler.for_model(model, params)`, the
+  default) for all of them instead of a new copy of the weights per chunk."""
+  sampler = sampler if sampler is not None else Sampler.for_model(model, params)
+  rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
+                              progress=progress, prompt_len=prompt_len)
   tok = model.tokenizer
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
   R = sampling.num_samples
