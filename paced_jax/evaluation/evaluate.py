@@ -31,7 +31,6 @@ from paced_jax.config import ExperimentConfig, to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "eval"
 SUMMARY_KIND = "eval_benchmark"
@@ -70,7 +69,7 @@ def _identity(cfg: ExperimentConfig, bench: benchmarks_lib.Benchmark, tag: str, 
 
 
 def _chunk_records(model: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader, prompt_len: int, sampler: Sampler) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler) -> list[dict]:
   sampling = cfg.eval.sampling
   K = sampling.num_samples
   prompt_ids = [prompts_lib.student_prompt(model.tokenizer, p, cfg.prompts) for p in problems]
@@ -141,7 +140,7 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
     artifacts.write_json(settings_path, expected)
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   params = params if params is not None else model.params
-  sampler = Sampler.for_model(model, params)  # one copy of the weights for every chunk
+  sampler = rollouts.sampler_for(model, params)  # one copy of the weights for every chunk
   own_grader = grader is None
   grader = Grader(cfg.verifier) if own_grader else grader
   try:

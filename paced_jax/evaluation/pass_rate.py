@@ -23,7 +23,6 @@ from paced_jax.problems.prepare import read_problems
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation import rollouts
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "pass_rates"
 RECORDS = "pass_rates.jsonl"
@@ -38,7 +37,7 @@ def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems
 
 
 def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader, prompt_len: int, sampler: Sampler) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler) -> list[dict]:
   pr = cfg.pass_rate
   prompt_ids = [prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts) for p in problems]
   graded = rollouts.sample_and_grade(student, params, problems, prompt_ids, pr.sampling, grader, progress="rollouts",
@@ -81,7 +80,7 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
                                       cfg.pass_rate.sampling, "pass_rate.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   current = params if params is not None else student.params
-  sampler = Sampler.for_model(student, current)
+  sampler = rollouts.sampler_for(student, current)
   with Grader(cfg.verifier) as grader:
     records_path = artifacts.write_jsonl_in_parts(
         directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader, prompt_len, sampler),

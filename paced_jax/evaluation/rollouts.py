@@ -60,6 +60,11 @@ def check_prompts(model: LoadedModel, problems: Sequence[Problem], render, sampl
   return longest
 
 
+def sampler_for(model: LoadedModel, params=None) -> Sampler:
+  """A stage's one sampler: `model` with `params` (None: its loaded weights), for all its chunks."""
+  return Sampler.for_model(model, params)
+
+
 def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
                      sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False,
                      prompt_len: int | None = None, sampler: Sampler | None = None) -> list[Graded]:

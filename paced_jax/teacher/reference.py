@@ -17,7 +17,6 @@ from paced_jax.model.loaded import LoadedModel
 from paced_jax.evaluation import rollouts
 from paced_jax.problems.prepare import read_problems
 from paced_jax.evaluation.verifier import Grader
-from paced_jax.sampling.sampler import Sampler
 
 KIND = "references"
 RECORDS = "references.jsonl"
@@ -51,7 +50,7 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
   prompt_len = rollouts.check_prompts(teacher, problems, lambda tok, p: prompts_lib.teacher_prompt(tok, p, cfg.prompts),
                                       sampling, "reference.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
-  sampler = Sampler.for_model(teacher)  # one copy of the weights for every chunk
+  sampler = rollouts.sampler_for(teacher)  # one copy of the weights for every chunk
   with Grader(cfg.verifier) as grader:
     path = artifacts.write_jsonl_in_parts(out, RECORDS, chunks, compute, expected, desc="references")
   records = artifacts.read_jsonl_lines(path)
