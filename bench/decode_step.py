@@ -1,6 +1,6 @@
 """One decode step of paced_jax's sampler in isolation: ms per step at several batch sizes.
 
-Runs `Sampler._decode_chunk` (forward of one token per row over a KV cache, logits, sampling)
+Runs `sampler.decode_chunk` (forward of one token per row over a KV cache, logits, sampling)
 on SmolLM2-135M-Instruct with every row active and the cache `--slots` long, so each step does
 the same work; reports the fastest of `--repeats` chunks of `--steps` steps after one warmup
 chunk (which includes compilation). The step that `bench/sampler.py` multiplies by the number
@@ -63,7 +63,7 @@ def main(argv):
     times = []
     for i in range(FLAGS.repeats + 1):
       start = time.perf_counter()
-      state = jax.block_until_ready(sampler._decode_chunk(sc.compiled_part(), window, sampler.params, state))
+      state = jax.block_until_ready(sampler._decode_chunk(sc, window, state))
       times.append(time.perf_counter() - start)
     step_ms = 1000 * min(times[1:]) / FLAGS.steps
     rows_out.append((rows, f"{times[0]:.1f}", f"{step_ms:.1f}", f"{rows * 1000 / step_ms:.0f}", common.load()))

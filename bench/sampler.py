@@ -93,16 +93,16 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
     def reset(self):
       self.prefill_rows, self.chunks = 0, []
 
-    def _prefill(self, cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R):
+    def _prefill(self, cfg, state, tokens_UP, lens_U, rows_R, source_R, keys_R):
       # Each refilled row samples its first token here (padding rows, index B, are dropped).
       self.prefill_rows += int(np.sum(np.asarray(rows_R) < state.last_token_B.shape[0]))
-      return super()._prefill(cfg, params, state, tokens_UP, lens_U, rows_R, source_R, keys_R)
+      return super()._prefill(cfg, state, tokens_UP, lens_U, rows_R, source_R, keys_R)
 
-    def _decode_chunk(self, cfg, window, params, state):
+    def _decode_chunk(self, cfg, window, state):
       # A chunk runs while any row is active and rows never turn active inside it, so its step
       # count is the largest gen_len increase. Copies keep this async (the state is donated).
       before = state.gen_len_B.copy()
-      state = super()._decode_chunk(cfg, window, params, state)
+      state = super()._decode_chunk(cfg, window, state)
       self.chunks.append((before, state.gen_len_B.copy(), state.gen_len_B.shape[0]))
       return state
 

@@ -41,7 +41,7 @@ def get_config(variant: str = ""):
   c.eval.retain_set = "builtin:arith_mc:n=60"
   c.weights.scheme = "paced"
   c.teacher_signal.top_k = 32
-  c.teacher_signal.chunk_size = 128
+  c.teacher_signal.chunk_size = 32   # positions per [rows, chunk, vocab] logits block: 32 keeps it at 0.1 GiB
   c.teacher_signal.batch_size = 16
   # A chat-rendered problem is 46 tokens: with its answer (<= 24 tokens) two fit in a 144-token row.
   c.train.steps = 16
@@ -52,6 +52,9 @@ def get_config(variant: str = ""):
   c.train.weight_decay = 0.0
   c.train.warmup_steps = 2
   c.train.loss_chunk = 144
+  # Four micro-batches of 2 rows: the same step (gradients summed), with a quarter of the activations
+  # (the step's temporaries 2.3 -> 1.45 GiB; aot_check --config=configs/demo.py --devices=1).
+  c.train.micro_batches = 4
   c.train.checkpoint_every = 8
   if "quick" in options:
     c.workdir = "workdir/demo_quick"

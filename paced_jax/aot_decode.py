@@ -84,8 +84,8 @@ def compile_decode_step(cfg: ExperimentConfig, target: aot.Target, *, model: str
   paged = sc.kv_cache == "paged"
   tic = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = sampler_lib.Sampler._decode_chunk.lower(sampler, sc.compiled_part(), window or 0, sampler.params,
-                                                       state).compile()
+    compiled = sampler_lib.decode_chunk.lower(sampler.spec, sc.compiled_part(), window or 0, sampler.params,
+                                              state).compile()
   seconds = time.perf_counter() - tic
   mem = compiled.memory_analysis()
   return DecodeReport(

@@ -199,7 +199,7 @@ def write_jsonl_in_parts(directory: str, filename: str, chunks: Sequence[Any],
   they were made with the same `settings`. The merged file is byte-identical to an uninterrupted
   run's when `compute` is deterministic. `parts/` is removed once the file is complete.
   """
-  from tqdm.auto import tqdm  # deferred: only stages need it
+  from paced_jax import progress  # deferred: only stages need it
   parts_dir = os.path.join(directory, "parts")
   os.makedirs(parts_dir, exist_ok=True)
   settings_path = os.path.join(parts_dir, "settings.json")
@@ -208,7 +208,7 @@ def write_jsonl_in_parts(directory: str, filename: str, chunks: Sequence[Any],
   else:
     write_json(settings_path, settings)
   part_path = lambda c: os.path.join(parts_dir, f"part-{c:05d}.jsonl")
-  for c, chunk in enumerate(tqdm(chunks, desc=desc, unit="chunk")):
+  for c, chunk in enumerate(progress.bar(chunks, desc=desc, unit="chunk")):
     if os.path.exists(part_path(c)):
       continue
     records = compute(chunk)

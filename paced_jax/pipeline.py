@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import jax
 
 from paced_jax import workspace
 from paced_jax import artifacts
+from paced_jax import progress
 from paced_jax.evaluation import evaluate
 from paced_jax.model import hf_checkpoint
 from paced_jax.model import loaded as loaded_model
@@ -29,8 +29,9 @@ from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
 
 
-def _banner(i: int, n: int, name: str) -> None:
-  print(f"\n=== [{i}/{n}] {name} ===", flush=True)
+def _banner(i: int, n: int, name: str, clock: progress.StageClock) -> None:
+  clock.begin(name)
+  print(f"\n=== [{i}/{n}] {name}  ({progress.format_seconds(clock.elapsed())} elapsed) ===", flush=True)
 
 
 EXPORT_KIND = "export"
@@ -52,7 +53,14 @@ def _drop_if_stale(directory: str, kind: str, expected: dict, resumable: bool = 
 
 def run(cfg: ExperimentConfig) -> str:
   """Run every stage of `cfg` in its workspace; returns the report's path."""
-  tic = time.time()
+  clock = progress.StageClock()
+  try:
+    return _run(cfg, clock)
+  finally:
+    clock.close()
+
+
+def _run(cfg: ExperimentConfig, clock: progress.StageClock) -> str:
   if jax.process_index() == 0:  # pod workers share the workdir; one lock holder stands for the run
     artifacts.lock_workdir(cfg.workdir)
   trainer.check_resume(cfg)  # checkpoints of other settings are refused before anything is written
@@ -63,50 +71,51 @@ def run(cfg: ExperimentConfig) -> str:
   n = len(stages)
   step = iter(range(1, n + 1))
 
-  _banner(next(step), n, stages[0])
+  _banner(next(step), n, stages[0], clock)
   p = cfg.problems
   prepare_lib.prepare(cfg.workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed,
                       fields=prepare_lib.field_map(p))
 
-  _banner(next(step), n, stages[1])
+  _banner(next(step), n, stages[1], clock)
   student, teacher = loaded_model.load_student_and_teacher(cfg)
   mesh = student.mesh
   teacher_stage.check_same_tokenizer(student, teacher)
   print(f"student {student.model_dir} ({student.cfg.num_layers} layers, d={student.cfg.hidden_size}); "
         f"teacher {'= initial student' if teacher is student else teacher.model_dir}; mesh {dict(mesh.shape)}")
 
-  _banner(next(step), n, stages[2])
+  _banner(next(step), n, stages[2], clock)
   pass_rate.run(cfg, student)
   if offline:
-    _banner(next(step), n, stages[3])
+    _banner(next(step), n, stages[3], clock)
     reference.run(cfg, teacher)
     teacher_stage.run(cfg, teacher)
 
   if cfg.run_snr:
     snr.run(cfg, student, teacher, step=-1)  # the initial student; snr.step (if set) after training
-  _banner(next(step), n, "evaluate initial student")
+  _banner(next(step), n, "evaluate initial student", clock)
   initial = evaluate.evaluate(cfg, student, tag=evaluate.BASELINE_TAG)
   log = metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)  # one run (W&B) for the evaluations and training
   try:
     metrics_lib.log_evaluation(log, cfg.workdir, initial, 0)
-    _banner(next(step), n, "train")
+    _banner(next(step), n, "train", clock)
     trainer.train(cfg, student, teacher, writer=log)
-    trained_step, final, export_dir = _evaluate_trained(cfg, student, teacher, next(step), n)
+    _banner(next(step), n, "evaluate trained student", clock)
+    trained_step, final, export_dir = _evaluate_trained(cfg, student, teacher)
     metrics_lib.log_evaluation(log, cfg.workdir, final, trained_step)
   finally:
     log.close()
-  _banner(next(step), n, "report")
+  _banner(next(step), n, "report", clock)
   path = report.build_report(cfg.workdir)
   print("\ninitial student:\n" + evaluate.format_table(initial))
   print("\ntrained student (step %d):\n" % trained_step + evaluate.format_table(final))
   print(f"\ntrained model (Hugging Face format): {export_dir}")
-  print(f"report: {path}   ({(time.time() - tic) / 60:.1f} min)")
+  print(f"\ntime per stage (wall, of which tracing and compiling):\n{clock.summary()}")
+  print(f"report: {path}   ({clock.elapsed() / 60:.1f} min)")
   return path
 
 
-def _evaluate_trained(cfg: ExperimentConfig, student, teacher, i: int, n: int) -> tuple[int, dict, str]:
+def _evaluate_trained(cfg: ExperimentConfig, student, teacher) -> tuple[int, dict, str]:
   """Evaluate and export the latest checkpoint; returns (its step, the evaluation result, the export directory)."""
-  _banner(i, n, "evaluate trained student")
   if cfg.run_snr and cfg.snr.step >= 0:
     snr.run(cfg, student, teacher)  # snr/step<N>/
   trained_step, params = trainer.restore_params(cfg, student)

@@ -45,7 +45,7 @@ class FakeSampler:
   def for_model(cls, model, params=None):
     return cls(model.tokenizer, model.ids, model.calls)
 
-  def generate(self, prompts, cfg, *, prompt_keys, progress=True):
+  def generate(self, prompts, cfg, *, prompt_keys, progress=True, prompt_len=None):
     self.calls.append(len(prompts))
     out = []
     for p, key in enumerate(prompt_keys):

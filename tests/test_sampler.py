@@ -3,6 +3,8 @@ determinism, and sharded == single device."""
 
 import dataclasses
 import functools
+import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +98,36 @@ def test_samples_independent_of_batching(tiny):
     for x, y in zip(ra, rb):
       np.testing.assert_array_equal(x.tokens, y.tokens)
   assert any(not np.array_equal(x.tokens, y.tokens) for x, y in zip(a[0], a[1]))
+
+
+def test_a_longer_prompt_len_gives_the_same_tokens(tiny):
+  """A stage passes its longest prompt so all its chunks share one cache shape; shorter prompts
+  sit left-padded in the bigger bucket and must sample the same tokens."""
+  sampler, _ = _sampler(tiny, mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  prompts = _prompts(4, seed=4)
+  sc = sampler_lib.SamplingConfig(max_new_tokens=8, num_samples=2, batch_rows=4, chunk_steps=3, seed=5,
+                                  prompt_buckets=(16, 32, 64))
+  a = sampler.generate(prompts, sc, progress=False)
+  b = sampler.generate(prompts, sc, progress=False, prompt_len=40)
+  for ra, rb in zip(a, b):
+    for x, y in zip(ra, rb):
+      np.testing.assert_array_equal(x.tokens, y.tokens)
+  with pytest.raises(ValueError, match="prompt_len 1 is shorter"):
+    sampler.generate(prompts, sc, progress=False, prompt_len=1)
+
+
+def test_a_used_sampler_leaves_no_weights_behind(tiny):
+  """The jit cache keeps its static arguments alive; a sampler there would pin its copy of the
+  weights (one more model per compile, e.g. per training step's fresh sampler)."""
+  _, (cfg, _, params) = _sampler(tiny, mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  sc = sampler_lib.SamplingConfig(max_new_tokens=4, num_samples=1, batch_rows=2)
+  sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=[EOS], valid_vocab=96)
+  sampler.generate(_prompts(2, seed=6), sc, progress=False)
+  copy = weakref.ref(sampler.params["lm_head_DV"])
+  del sampler
+  gc.collect()
+  assert copy() is None
 
 
 def _reference_probs(logits, temperature=1.0, top_k=0, top_p=1.0):

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from paced_jax import workspace
-from paced_jax import artifacts
+from paced_jax import artifacts, progress as progress_lib
 from paced_jax.evaluation import benchmarks as benchmarks_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.evaluation import retain, rollouts
@@ -70,15 +69,17 @@ def _identity(cfg: ExperimentConfig, bench: benchmarks_lib.Benchmark, tag: str, 
 
 
 def _chunk_records(model: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler) -> list[dict]:
   sampling = cfg.eval.sampling
   K = sampling.num_samples
   prompt_ids = [prompts_lib.student_prompt(model.tokenizer, p, cfg.prompts) for p in problems]
-  graded = rollouts.sample_and_grade(model, params, problems, prompt_ids, sampling, grader, progress="eval samples")
+  graded = rollouts.sample_and_grade(model, params, problems, prompt_ids, sampling, grader, progress="eval samples",
+                                     prompt_len=prompt_len, sampler=sampler)
   greedy = [None] * len(problems)
   if cfg.eval.greedy_pass1:
     greedy_cfg = dataclasses.replace(sampling, greedy=True, num_samples=1)
-    greedy = rollouts.sample_and_grade(model, params, problems, prompt_ids, greedy_cfg, grader, progress="eval greedy")
+    greedy = rollouts.sample_and_grade(model, params, problems, prompt_ids, greedy_cfg, grader, progress="eval greedy",
+                                      prompt_len=prompt_len, sampler=sampler)
   records = []
   for problem, g, g1 in zip(problems, graded, greedy):
     record = {"id": problem.id, "truth": problem.answer, "k": K, "correct": g.correct,
@@ -128,8 +129,8 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
 
   parts_dir = os.path.join(directory, f"parts-{bench.name}")
   problems = bench.problems
-  rollouts.check_prompts(model, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
-                         cfg.eval.sampling, "eval.sampling")
+  prompt_len = rollouts.check_prompts(model, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
+                                      cfg.eval.sampling, "eval.sampling")
   os.makedirs(parts_dir, exist_ok=True)
   settings_path = os.path.join(parts_dir, "settings.json")
   if os.path.exists(settings_path):
@@ -138,14 +139,16 @@ def run_benchmark(cfg: ExperimentConfig, model: LoadedModel, bench: benchmarks_l
   else:
     artifacts.write_json(settings_path, expected)
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
+  params = params if params is not None else model.params
+  sampler = rollouts.sampler_for(model, params)  # one copy of the weights for every chunk
   own_grader = grader is None
   grader = Grader(cfg.verifier) if own_grader else grader
   try:
-    for c, chunk in enumerate(tqdm(chunks, desc=f"eval {tag}/{bench.name}", unit="chunk")):
+    for c, chunk in enumerate(progress_lib.bar(chunks, desc=f"eval {tag}/{bench.name}", unit="chunk")):
       part = os.path.join(parts_dir, f"part-{c:05d}.jsonl")
       if os.path.exists(part):
         continue
-      records = _chunk_records(model, params if params is not None else model.params, chunk, cfg, grader)
+      records = _chunk_records(model, params, chunk, cfg, grader, prompt_len, sampler)
       with artifacts.atomic_open(part) as f:
         for r in records:
           f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")

@@ -38,10 +38,11 @@ def _expected(cfg: ExperimentConfig, student: LoadedModel, round_: int, problems
 
 
 def _chunk_records(student: LoadedModel, params, problems: Sequence[Problem], cfg: ExperimentConfig,
-                   grader: Grader) -> list[dict]:
+                   grader: Grader, prompt_len: int, sampler) -> list[dict]:
   pr = cfg.pass_rate
   prompt_ids = [prompts_lib.student_prompt(student.tokenizer, p, cfg.prompts) for p in problems]
-  graded = rollouts.sample_and_grade(student, params, problems, prompt_ids, pr.sampling, grader, progress="rollouts")
+  graded = rollouts.sample_and_grade(student, params, problems, prompt_ids, pr.sampling, grader, progress="rollouts",
+                                     prompt_len=prompt_len, sampler=sampler)
   R = pr.sampling.num_samples
   return [{"id": problem.id, "K": R, "correct": g.correct, "p": g.correct / R, "lengths": g.lengths,
            "finished": g.finished, "extracted": [v.extracted for v in g.verdicts],
@@ -80,13 +81,15 @@ def run(cfg: ExperimentConfig, student: LoadedModel, *, round_: int = 0, params:
     artifacts.expect_fields(os.path.join(directory, artifacts.MANIFEST), manifest, expected)
     return directory
 
-  rollouts.check_prompts(student, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
-                         cfg.pass_rate.sampling, "pass_rate.sampling")
+  prompt_len = rollouts.check_prompts(student, problems, lambda tok, p: prompts_lib.student_prompt(tok, p, cfg.prompts),
+                                      cfg.pass_rate.sampling, "pass_rate.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
   current = params if params is not None else student.params
+  sampler = rollouts.sampler_for(student, current)
   with Grader(cfg.verifier) as grader:
     records_path = artifacts.write_jsonl_in_parts(
-        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader), expected,
+        directory, RECORDS, chunks, lambda chunk: _chunk_records(student, current, chunk, cfg, grader, prompt_len, sampler),
+        expected,
         desc=f"pass rates (round {round_})")
   records = read_records(directory, check=False)
   K = cfg.pass_rate.sampling.num_samples

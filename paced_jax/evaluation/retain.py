@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
-from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax import artifacts, mesh as mesh_lib, progress as progress_lib
 from paced_jax.model import scoring as teacher_scoring
 from paced_jax.model import tokenization
 from paced_jax.config import ExperimentConfig, PromptConfig
@@ -99,7 +98,8 @@ def sequence_logprobs(model: LoadedModel, sequences: Sequence[tuple[Sequence[int
   batch_rows = ways * max(1, min(tokens_per_batch // length, SCORED_PER_BATCH // N) // ways)
   sharding = mesh_lib.batch_sharding(model.mesh, 2)
   params = params if params is not None else model.params
-  for first in tqdm(range(0, R, batch_rows), desc="retain scoring", unit="batch", disable=not progress, leave=False):
+  for first in progress_lib.bar(range(0, R, batch_rows), desc="retain scoring", unit="batch", disable=not progress,
+                                leave=False):
     rows = range(first, min(first + batch_rows, R))
     inputs = []
     for x in (packed.tokens_BT, packed.positions_BT, packed.segment_ids_BT):

@@ -44,24 +44,38 @@ class Graded:
 
 
 def check_prompts(model: LoadedModel, problems: Sequence[Problem], render, sampling: SamplingConfig,
-                  where: str) -> None:
+                  where: str) -> int:
   """Refuse, before anything is sampled or written, a prompt with no room for `max_new_tokens` within
-  the model's positions; the error names the problem. `render(tokenizer, problem)` gives its ids."""
+  the model's positions; the error names the problem. `render(tokenizer, problem)` gives its ids.
+  Returns the longest prompt's length (the stage's `prompt_len` for `sample_and_grade`)."""
   room = model.cfg.max_position_embeddings - sampling.max_new_tokens
+  longest = 1
   for p in problems:
     n = len(render(model.tokenizer, p))
     if n > room:
       raise ConfigError(f"problem {p.id!r}: its {where} prompt has {n} tokens; with {where} max_new_tokens "
                         f"{sampling.max_new_tokens} that exceeds the model's {model.cfg.max_position_embeddings} "
                         "positions (shorten or drop the problem, or lower max_new_tokens)")
+    longest = max(longest, n)
+  return longest
+
+
+def sampler_for(model: LoadedModel, params=None) -> Sampler:
+  """A stage's one sampler: `model` with `params` (None: its loaded weights), for all its chunks."""
+  return Sampler.for_model(model, params)
 
 
 def sample_and_grade(model: LoadedModel, params, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]],
-                     sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False) -> list[Graded]:
+                     sampling: SamplingConfig, grader: Grader, *, progress: str | bool = False,
+                     prompt_len: int | None = None, sampler: Sampler | None = None) -> list[Graded]:
   """`sampling.num_samples` responses to each prompt (one per problem) from `model` with `params`
-  (None: its loaded weights), decoded without special tokens and graded against the problem's answer."""
-  rollouts = Sampler.for_model(model, params).generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
-                                                       progress=progress)
+  (None: its loaded weights), decoded without special tokens and graded against the problem's answer.
+  A stage that samples in chunks passes its longest prompt (`check_prompts`) as `prompt_len`, so
+  the chunks share one compile, and one `sampler` (`Sampler.for_model(model, params)`, the
+  default) for all of them instead of a new copy of the weights per chunk."""
+  sampler = sampler if sampler is not None else Sampler.for_model(model, params)
+  rollouts = sampler.generate(prompt_ids, sampling, prompt_keys=[problem_key(p.id) for p in problems],
+                              progress=progress, prompt_len=prompt_len)
   tok = model.tokenizer
   texts = [[tok.decode(r.tokens, skip_special_tokens=True) for r in per] for per in rollouts]
   R = sampling.num_samples

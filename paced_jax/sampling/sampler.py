@@ -27,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
-from paced_jax import mesh as mesh_lib
+from paced_jax import mesh as mesh_lib, progress as progress_lib
 from paced_jax.sampling import decoding
 from paced_jax.sampling import pages as pages_lib
 from paced_jax.sampling.token_draw import sample_tokens
@@ -53,6 +52,91 @@ class DecodeState(NamedTuple):
   active_B: jax.Array         # row holds a sequence that is still generating
   seq_key_B: jax.Array        # sequence key (randomness) of the row's sequence
   out_BN: jax.Array           # generated tokens
+
+
+class DecodeSpec(NamedTuple):
+  """What the jitted decode functions see of a sampler, as their static argument: hashable, and
+  holding no weights (a jit cache keeps its static arguments alive; a whole Sampler there kept
+  a copy of the model per compile). Samplers of one model share compiled code through it."""
+  model_cfg: ModelConfig
+  mesh: Mesh
+  stop_ids: tuple[int, ...]
+  valid_vocab: int
+
+
+def paged_attention(spec: DecodeSpec, cfg: SamplingConfig) -> str:
+  """How a paged decode step reads pages on the spec's platform ('ragged' or 'gather')."""
+  return decoding.paged_attention(cfg.paged_attention, spec.model_cfg, spec.mesh.devices.flat[0].platform)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def prefill_rows(spec: DecodeSpec, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R,
+                 keys_R):
+  """Prefill U distinct prompts once, copy each into the rows that sample from it (`source_R`;
+  R = B, `rows_R[r]` is r for a refilled row, B for one left alone) and sample every row's first token."""
+  U, Pb = tokens_UP.shape
+  R = rows_R.shape[0]
+  S = state.cache.segment_ids_BS.shape[1]
+  segments_UP = (jnp.arange(Pb)[None] >= (Pb - lens_U)[:, None]).astype(jnp.int32)
+  positions_UP = jnp.maximum(jnp.cumsum(segments_UP, axis=1) - 1, 0)
+  hidden_UPD, keys, values = decoding.prefill(spec.model_cfg, params, tokens_UP, positions_UP, segments_UP)
+  logits_RV = decoding.logits(params, hidden_UPD[:, -1:])[:, 0][source_R]
+  first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, spec.valid_vocab)
+  put = lambda big, new: big.at[rows_R].set(new, mode="drop")
+  lens_R = lens_U[source_R]
+  # A dense cache takes the left-padded prompt in slots 0..Pb-1, a paged one the prompt alone in
+  # slots 0..len-1 (ragged paged attention reads every slot below a row's length); whatever a
+  # row's earlier sequence left in later slots is masked (segment 0) until decoding overwrites it.
+  paged = isinstance(state.cache, decoding.PagedKVCache)
+  if paged:
+    segments_RS = (jnp.arange(S)[None] < lens_R[:, None]).astype(jnp.int32)
+  else:
+    segments_RS = jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))
+  segments_BS = put(state.cache.segment_ids_BS, segments_RS)
+  if paged:
+    cache = decoding.write_prompt_pages(spec.mesh, state.cache._replace(segment_ids_BS=segments_BS),
+                                        [k[source_R] for k in keys], [v[source_R] for v in values], rows_R < R,
+                                        lens_R)
+  else:
+    put_prompt = lambda big_BJSDh, new_UJPDh: big_BJSDh.at[rows_R, :, :Pb].set(new_UJPDh[source_R], mode="drop")
+    cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BJSDh, keys)),
+                             tuple(map(put_prompt, state.cache.v_BJSDh, values)), segments_BS)
+  done_R = jnp.isin(first_R, jnp.asarray(spec.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
+  out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
+  return DecodeState(
+      cache, put(state.last_token_B, first_R), put(state.next_pos_B, lens_R),
+      put(state.next_slot_B, lens_R if paged else jnp.full((R,), Pb, jnp.int32)), put(state.gen_len_B, jnp.ones((R,), jnp.int32)),
+      put(state.active_B, ~done_R), put(state.seq_key_B, keys_R), put(state.out_BN, out_RN))
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+def decode_chunk(spec: DecodeSpec, cfg: SamplingConfig, window: int, params, state: DecodeState) -> DecodeState:
+  """Up to `chunk_steps` decode steps; stops early when no row is active. A paged cache is read
+  by cfg.paged_attention: ragged reads each row's pages up to its length, gather each row's first
+  `window` slots (past every row's slot at the end of the chunk)."""
+  stop = jnp.asarray(spec.stop_ids, jnp.int32)
+  B = state.last_token_B.shape[0]
+  if isinstance(state.cache, decoding.PagedKVCache):
+    extend = functools.partial(decoding.extend_paged, window=window, mesh=spec.mesh,
+                               impl=paged_attention(spec, cfg))
+  else:
+    extend = decoding.extend
+
+  def step(carry):
+    i, s = carry
+    hidden_B1D, cache = extend(spec.model_cfg, params, s.last_token_B[:, None], s.next_pos_B[:, None],
+                               s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
+    token_B = sample_tokens(decoding.logits(params, hidden_B1D)[:, 0], s.seq_key_B, s.gen_len_B, cfg,
+                            spec.valid_vocab)
+    write_B = s.active_B
+    out_BN = s.out_BN.at[jnp.arange(B), jnp.where(write_B, s.gen_len_B, cfg.max_new_tokens)].set(
+        token_B, mode="drop")
+    gen_len_B = s.gen_len_B + write_B
+    active_B = write_B & ~jnp.isin(token_B, stop) & (gen_len_B < cfg.max_new_tokens)
+    return i + 1, DecodeState(cache, jnp.where(write_B, token_B, s.last_token_B), s.next_pos_B + write_B,
+                              s.next_slot_B + write_B, gen_len_B, active_B, s.seq_key_B, out_BN)
+
+  cond = lambda carry: (carry[0] < cfg.chunk_steps) & jnp.any(carry[1].active_B)
+  return jax.lax.while_loop(cond, step, (jnp.int32(0), state))[1]
 
 
 class Sampler:
@@ -85,23 +169,13 @@ class Sampler:
     self.valid_vocab = int(valid_vocab)
     self.pad_id = int(pad_id)
     self.row_multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.spec = DecodeSpec(model_cfg, mesh, self.stop_ids, self.valid_vocab)
 
   @classmethod
   def for_model(cls, model, params=None) -> "Sampler":
     """A sampler for a model.loaded.LoadedModel, from its own weights or `params` (a trained state)."""
     return cls(model.cfg, model.params if params is None else params, model.mesh, stop_ids=model.stop_ids,
                valid_vocab=model.valid_vocab, pad_id=model.pad_id)
-
-  # The jitted methods take `self` as a static argument: samplers with equal static settings
-  # (new params for the same model, say) share compiled code instead of recompiling.
-  def _static_key(self):
-    return (self.model_cfg, self.mesh, self.stop_ids, self.valid_vocab, self.pad_id)  # params' shardings: traced
-
-  def __hash__(self):
-    return hash(self._static_key())
-
-  def __eq__(self, other):
-    return isinstance(other, Sampler) and self._static_key() == other._static_key()
 
   def _state_shardings(self, state: DecodeState):
     # Every leaf, cache included, has the rows as its leading axis.
@@ -122,7 +196,7 @@ class Sampler:
 
   def paged_attention(self, cfg: SamplingConfig) -> str:
     """How a paged decode step reads pages on this mesh's platform ('ragged' or 'gather')."""
-    return decoding.paged_attention(cfg.paged_attention, self.model_cfg, self.mesh.devices.flat[0].platform)
+    return paged_attention(self.spec, cfg)
 
   def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
     """A state with a dense cache of `slots` slots per row, or with `pages` > 0 a paged cache
@@ -146,85 +220,23 @@ class Sampler:
     return DecodeState(cache, zeros(), zeros(), zeros(), zeros(), np.zeros((rows,), bool), zeros(),
                        np.zeros((rows, cfg.max_new_tokens), np.int32))
 
-  @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-  def _prefill(self, cfg: SamplingConfig, params, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
-    """Prefill U distinct prompts once, copy each into the rows that sample from it (`source_R`;
-    R = B, `rows_R[r]` is r for a refilled row, B for one left alone) and sample every row's first token."""
-    U, Pb = tokens_UP.shape
-    R = rows_R.shape[0]
-    S = state.cache.segment_ids_BS.shape[1]
-    segments_UP = (jnp.arange(Pb)[None] >= (Pb - lens_U)[:, None]).astype(jnp.int32)
-    positions_UP = jnp.maximum(jnp.cumsum(segments_UP, axis=1) - 1, 0)
-    hidden_UPD, keys, values = decoding.prefill(self.model_cfg, params, tokens_UP, positions_UP, segments_UP)
-    logits_RV = decoding.logits(params, hidden_UPD[:, -1:])[:, 0][source_R]
-    first_R = sample_tokens(logits_RV, keys_R, jnp.zeros((R,), jnp.int32), cfg, self.valid_vocab)
-    put = lambda big, new: big.at[rows_R].set(new, mode="drop")
-    lens_R = lens_U[source_R]
-    # A dense cache takes the left-padded prompt in slots 0..Pb-1, a paged one the prompt alone in
-    # slots 0..len-1 (ragged paged attention reads every slot below a row's length); whatever a
-    # row's earlier sequence left in later slots is masked (segment 0) until decoding overwrites it.
-    paged = isinstance(state.cache, decoding.PagedKVCache)
-    if paged:
-      segments_RS = (jnp.arange(S)[None] < lens_R[:, None]).astype(jnp.int32)
-    else:
-      segments_RS = jnp.pad(segments_UP[source_R], ((0, 0), (0, S - Pb)))
-    segments_BS = put(state.cache.segment_ids_BS, segments_RS)
-    if paged:
-      cache = decoding.write_prompt_pages(self.mesh, state.cache._replace(segment_ids_BS=segments_BS),
-                                          [k[source_R] for k in keys], [v[source_R] for v in values], rows_R < R,
-                                          lens_R)
-    else:
-      put_prompt = lambda big_BJSDh, new_UJPDh: big_BJSDh.at[rows_R, :, :Pb].set(new_UJPDh[source_R], mode="drop")
-      cache = decoding.KVCache(tuple(map(put_prompt, state.cache.k_BJSDh, keys)),
-                               tuple(map(put_prompt, state.cache.v_BJSDh, values)), segments_BS)
-    done_R = jnp.isin(first_R, jnp.asarray(self.stop_ids, jnp.int32)) | (cfg.max_new_tokens <= 1)
-    out_RN = jnp.zeros((R, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first_R)
-    return DecodeState(
-        cache, put(state.last_token_B, first_R), put(state.next_pos_B, lens_R),
-        put(state.next_slot_B, lens_R if paged else jnp.full((R,), Pb, jnp.int32)), put(state.gen_len_B, jnp.ones((R,), jnp.int32)),
-        put(state.active_B, ~done_R), put(state.seq_key_B, keys_R), put(state.out_BN, out_RN))
-
-  @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
-  def _decode_chunk(self, cfg: SamplingConfig, window: int, params, state: DecodeState) -> DecodeState:
-    """Up to `chunk_steps` decode steps; stops early when no row is active. A paged cache is read
-    by cfg.paged_attention: ragged reads each row's pages up to its length, gather each row's first
-    `window` slots (past every row's slot at the end of the chunk)."""
-    stop = jnp.asarray(self.stop_ids, jnp.int32)
-    B = state.last_token_B.shape[0]
-    if isinstance(state.cache, decoding.PagedKVCache):
-      extend = functools.partial(decoding.extend_paged, window=window, mesh=self.mesh,
-                                 impl=self.paged_attention(cfg))
-    else:
-      extend = decoding.extend
-
-    def step(carry):
-      i, s = carry
-      hidden_B1D, cache = extend(self.model_cfg, params, s.last_token_B[:, None], s.next_pos_B[:, None],
-                                 s.active_B[:, None].astype(jnp.int32), s.cache, s.next_slot_B)
-      token_B = sample_tokens(decoding.logits(params, hidden_B1D)[:, 0], s.seq_key_B, s.gen_len_B, cfg,
-                              self.valid_vocab)
-      write_B = s.active_B
-      out_BN = s.out_BN.at[jnp.arange(B), jnp.where(write_B, s.gen_len_B, cfg.max_new_tokens)].set(
-          token_B, mode="drop")
-      gen_len_B = s.gen_len_B + write_B
-      active_B = write_B & ~jnp.isin(token_B, stop) & (gen_len_B < cfg.max_new_tokens)
-      return i + 1, DecodeState(cache, jnp.where(write_B, token_B, s.last_token_B), s.next_pos_B + write_B,
-                                s.next_slot_B + write_B, gen_len_B, active_B, s.seq_key_B, out_BN)
-
-    cond = lambda carry: (carry[0] < cfg.chunk_steps) & jnp.any(carry[1].active_B)
-    return jax.lax.while_loop(cond, step, (jnp.int32(0), state))[1]
-
   def generate(self, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, prompt_keys: Sequence[int] | None = None,
-               progress: bool | str = True) -> list[list[Rollout]]:
+               progress: bool | str = True, prompt_len: int | None = None) -> list[list[Rollout]]:
     """K = cfg.num_samples rollouts for each prompt, as `result[prompt][sample]`.
 
     `prompt_keys` (default: the prompt index) seed each prompt's samples; pass stable keys
     (e.g. derived from problem ids) to get the same samples however the prompts are batched.
+    The cache holds the bucket of `prompt_len` (default: the longest of `prompts`) plus
+    max_new_tokens, and a dense cache prefills every prompt at that bucket: a stage that samples
+    its problems in chunks passes its longest prompt, so every chunk has the same shapes and
+    compiles nothing new.
     """
     K = cfg.num_samples
     keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
     longest = max((len(p) for p in prompts), default=1)
-    bucket = self._bucket(longest, cfg)
+    if prompt_len is not None and prompt_len < longest:
+      raise ValueError(f"prompt_len {prompt_len} is shorter than the longest prompt ({longest} tokens)")
+    bucket = self._bucket(prompt_len or longest, cfg)
     if bucket + cfg.max_new_tokens > self.model_cfg.max_position_embeddings:
       raise ValueError(f"prompt bucket {bucket} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
                        f"max_position_embeddings {self.model_cfg.max_position_embeddings}")
@@ -240,8 +252,8 @@ class Sampler:
       alloc = pages_lib.PageAllocator(rows, self.row_multiple, self.pages_per_device(cfg, rows, pages_per_row),
                                       cfg.page_size, pages_per_row)
     state = self._initial_state(rows, slots, cfg, alloc.pages_per_shard if alloc else 0)
-    bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "sampling", disable=not progress,
-               unit="seq", leave=False)
+    bar = progress_lib.bar(total=total, desc=progress if isinstance(progress, str) else "sampling",
+                           disable=not progress, unit="seq", leave=False)
     stop = set(self.stop_ids)
     put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
     active, gen_len, next_slot = np.zeros(rows, bool), np.zeros(rows, np.int32), np.zeros(rows, np.int32)
@@ -260,7 +272,9 @@ class Sampler:
       free = [r for r in range(rows) if owner[r] is None]
       take = [(free[j], queue.popleft()) for j in range(min(len(free), len(queue)))]
       if take:
-        Pb = self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
+        # Dense: one prefill length, so the prefill compiles once per distinct-prompt count. Paged:
+        # the refill's own bucket, so short prompts take only the pages they fill.
+        Pb = bucket if alloc is None else self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
         if alloc is not None:
           refused = [(r, item) for r, item in take
                      if not alloc.reserve(r, min(len(prompts[item[0]]) + cfg.chunk_steps, slots))]
@@ -274,7 +288,7 @@ class Sampler:
         window = (alloc.table.shape[1] if read_all else min(1 << (held - 1).bit_length(), alloc.table.shape[1])) * cfg.page_size
       if take:
         state = self._refill(cfg, state, take, Pb, owner, prompts, keys)
-      state = self._decode_chunk(cfg.compiled_part(), window, self.params, state)
+      state = self._decode_chunk(cfg, window, state)
       active, gen_len, next_slot, out = (np.array(mesh_lib.to_host(x)) for x in (
           state.active_B, state.gen_len_B, state.next_slot_B, state.out_BN))
       for r in range(rows):
@@ -315,4 +329,12 @@ class Sampler:
       seq_keys[r] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
     put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
-    return self._prefill(cfg.compiled_part(), self.params, state, *map(put, (tokens, lens, rows, source, seq_keys)))
+    return self._prefill(cfg, state, *map(put, (tokens, lens, rows, source, seq_keys)))
+
+  # The two jitted calls, as methods so that a subclass (bench/sampler.py) can count their work.
+  def _prefill(self, cfg: SamplingConfig, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
+    return prefill_rows(self.spec, cfg.compiled_part(), self.params, state, tokens_UP, lens_U, rows_R, source_R,
+                        keys_R)
+
+  def _decode_chunk(self, cfg: SamplingConfig, window: int, state: DecodeState) -> DecodeState:
+    return decode_chunk(self.spec, cfg.compiled_part(), window, self.params, state)

@@ -15,9 +15,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
-import tqdm
 
-from paced_jax import artifacts
+from paced_jax import artifacts, progress as progress_lib
 from paced_jax.config import TeacherSignalConfig
 from paced_jax.model import scoring as teacher_scoring
 from paced_jax.teacher import store as store_lib
@@ -146,7 +145,7 @@ def build_store(directory: str, items: Sequence[TeacherItem], *, teacher, mesh, 
     artifacts.remove_stale_temporaries(directory)  # a killed run's, never a live process's
 
   shards, index_lines, batches = [], [], 0
-  bar = tqdm.tqdm(total=len(items), desc="teacher signal", unit="problem", disable=not (progress and writer))
+  bar = progress_lib.bar(total=len(items), desc="teacher signal", unit="problem", disable=not (progress and writer))
   for s, first in enumerate(range(0, len(items), P)):
     chunk = items[first:first + P]
     sizes = [store_lib.record_bytes(len(r), cfg.signal.top_k, cfg.signal.logprob_dtype) for _, _, r in chunk]

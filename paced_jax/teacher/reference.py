@@ -42,13 +42,15 @@ def run(cfg: ExperimentConfig, teacher: LoadedModel) -> str:
     raise ValueError(f"config.reference.sampling.num_samples is {sampling.num_samples}; a reference is one response")
   def compute(chunk):
     prompt_ids = [prompts_lib.teacher_prompt(teacher.tokenizer, p, cfg.prompts) for p in chunk]
-    graded = rollouts.sample_and_grade(teacher, None, chunk, prompt_ids, sampling, grader, progress="references")
+    graded = rollouts.sample_and_grade(teacher, None, chunk, prompt_ids, sampling, grader, progress="references",
+                                         prompt_len=prompt_len, sampler=sampler)
     return [{"id": p.id, "response_ids": g.token_ids[0].tolist(), "text": g.texts[0], "finished": g.finished[0],
              "verified": g.verdicts[0].correct} for p, g in zip(chunk, graded)]
 
-  rollouts.check_prompts(teacher, problems, lambda tok, p: prompts_lib.teacher_prompt(tok, p, cfg.prompts),
-                         sampling, "reference.sampling")
+  prompt_len = rollouts.check_prompts(teacher, problems, lambda tok, p: prompts_lib.teacher_prompt(tok, p, cfg.prompts),
+                                      sampling, "reference.sampling")
   chunks = [problems[i:i + CHUNK_PROBLEMS] for i in range(0, len(problems), CHUNK_PROBLEMS)]
+  sampler = rollouts.sampler_for(teacher)  # one copy of the weights for every chunk
   with Grader(cfg.verifier) as grader:
     path = artifacts.write_jsonl_in_parts(out, RECORDS, chunks, compute, expected, desc="references")
   records = artifacts.read_jsonl_lines(path)

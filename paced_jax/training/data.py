@@ -144,21 +144,32 @@ def offline_examples(problems: Sequence[Problem], data: WeightedProblems, refs: 
   return out
 
 
+def on_policy_lengths(problems: Sequence[Problem], tokenizer, cfg: ExperimentConfig) -> tuple[int, int]:
+  """(longest student prompt, teacher row length) over all of `problems`: passed to every on-policy
+  step, they give the sampler and the teacher scorer one shape each, compiled once for the run."""
+  student = max(len(prompts_lib.student_prompt(tokenizer, p, cfg.prompts)) for p in problems)
+  teacher = max(len(prompts_lib.teacher_prompt(tokenizer, p, cfg.prompts)) for p in problems)
+  return student, 1 << (teacher + cfg.train.rollout_sampling.max_new_tokens - 1).bit_length()
+
+
 def on_policy_examples(problems: Sequence[Problem], data: WeightedProblems, sampler: Sampler, teacher: LoadedModel,
-                       teacher_params, step: int, cfg: ExperimentConfig) -> tuple[list[Example], int]:
-  """Fresh student responses scored by the frozen teacher; returns (examples, generated tokens)."""
+                       teacher_params, step: int, cfg: ExperimentConfig,
+                       lengths: tuple[int, int] | None = None) -> tuple[list[Example], int]:
+  """Fresh student responses scored by the frozen teacher; returns (examples, generated tokens).
+  `lengths`: `on_policy_lengths` of all training problems (default: of these problems alone)."""
   tok = teacher.tokenizer
   student_prompts = [prompts_lib.student_prompt(tok, p, cfg.prompts) for p in problems]
+  prompt_len, row_length = lengths if lengths is not None else on_policy_lengths(problems, tok, cfg)
   # The step enters the sampling key, not the config: a new config value would recompile.
   keys = [(rollouts_lib.problem_key(p.id) + 7919 * (step + 1)) % (1 << 31) for p in problems]
-  rollouts = sampler.generate(student_prompts, cfg.train.rollout_sampling, prompt_keys=keys, progress=False)
+  rollouts = sampler.generate(student_prompts, cfg.train.rollout_sampling, prompt_keys=keys, progress=False,
+                              prompt_len=prompt_len)
   responses = [r[0].tokens.tolist() for r in rollouts]
   teacher_prompts = [prompts_lib.teacher_prompt(tok, p, cfg.prompts) for p in problems]
-  longest = max(len(tp) + len(r) for tp, r in zip(teacher_prompts, responses))
   signals: dict[int, dict] = {}
   for batch in teacher_scoring.score_batches(
       teacher.graphdef, teacher_params, teacher.mesh, list(zip(teacher_prompts, responses)),
-      k=cfg.teacher_signal.top_k, valid_vocab=teacher.valid_vocab, length=1 << (longest - 1).bit_length(),
+      k=cfg.teacher_signal.top_k, valid_vocab=teacher.valid_vocab, length=row_length,
       batch_rows=cfg.teacher_signal.batch_size, chunk_size=cfg.teacher_signal.chunk_size,
       temperature=cfg.train.temperature):
     signals.update(batch)

@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from tqdm.auto import tqdm
 
 from paced_jax import workspace
-from paced_jax import artifacts, mesh as mesh_lib
+from paced_jax import artifacts, mesh as mesh_lib, progress as progress_lib
 from paced_jax.evaluation import pass_rate
 from paced_jax.model import tokenization
 from paced_jax.problems import prompts as prompts_lib
+from paced_jax.problems.prepare import read_problems
 from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
 from paced_jax.training import metrics as metrics_lib
@@ -161,6 +161,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
                      f"{t.batch_size} (config.train.pool / batch_size)")
   _check_seq_len(cfg, student, data.problems)
   print(f"training on {data.summary()}")
+  # Over every training problem (a later pass-rate round may keep others): one compile for every step.
+  lengths = training_data.on_policy_lengths(read_problems(cfg.workdir, "train"), student.tokenizer, cfg)
   stages = {stage_of(cfg, s) for s in range(t.steps)}
   steps = {div: step_config(cfg, student, div, data.K + 1) for _, div in stages}
   state, sharding = _state_and_sharding(cfg, student, next(iter(steps.values())))
@@ -188,7 +190,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   term = _Termination()
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)
-  bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index() > 0)
+  bar = progress_lib.bar(total=t.steps, initial=start, desc="train", unit="step",
+                         disable=not progress or jax.process_index() > 0)
   skipped_in_a_row = 0
   done = start
   try:
@@ -204,7 +207,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         examples = training_data.offline_examples(problems, data, *offline, student.tokenizer, cfg)
       else:
         sampler = Sampler.for_model(student, state.params)
-        examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg)
+        examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg,
+                                                               lengths)
       batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
       batch = jax.tree.map(mesh_lib.from_host, batch_np, batch_sharding)
       state, metrics = jitted[div](state, batch)
