@@ -155,6 +155,14 @@ def test_a_bell_drawn_from_noise_is_not_reported_as_signal():
   assert snr_stats.summary(rows, 0.9).startswith("1 of 9 bins sit above their noise floor")
 
 
+def test_a_bin_of_fewer_than_five_problems_is_never_judged_above_its_floor():
+  # Two identical-direction problems: the bootstrap interval is degenerate ([x, inf]), not evidence.
+  rng = np.random.default_rng(14)
+  grads, correct = _planted(rng, (2, 4, 40), (0.5, 0.5, 0.5), 64)
+  table = snr_stats.binned_snr(grads, correct, 2, resamples=400, seed=0)
+  assert table.above_floor_A.tolist() == [False, False, True]
+
+
 def test_intervals_are_simultaneous_over_bins():
   # One bin's interval alone is narrower than the same bin's among 9 measured bins (Bonferroni).
   rng = np.random.default_rng(13)

@@ -50,8 +50,14 @@ class BinnedSNR:
 
   @property
   def above_floor_A(self) -> np.ndarray:
-    """Bins whose signal-share interval lies above 0 (nan bins never do)."""
-    return np.nan_to_num(self.rho_lo_A, nan=-np.inf) > 0
+    """Bins of at least MIN_JUDGED problems whose signal-share interval lies above 0 (nan bins never do)."""
+    return (np.nan_to_num(self.rho_lo_A, nan=-np.inf) > 0) & (self.n_A >= MIN_JUDGED)
+
+
+# The smallest bin judged against its floor. With 2-4 problems the bootstrap's resamples repeat one
+# problem often enough that the interval is degenerate (the lab's 2-problem bin got [0.25, inf]);
+# bench/snr_calibration.py checked the intervals from n = 5 up.
+MIN_JUDGED = 5
 
 
 def _ratio(signal, noise):
