@@ -1,11 +1,11 @@
 """The method lab: PACED vs its baselines on synthetic arithmetic, with seeds, on a laptop CPU.
 
-  python -m paced_jax.tools.lab --config=configs/lab.py                 # the full table (~1 h + bootstrap)
+  python -m paced_jax.tools.lab --config=configs/lab.py                 # the full table (~32 min here, bootstrap included)
   python -m paced_jax.tools.lab --config=configs/lab.py:smoke           # a few minutes: 1 seed, 2 methods
   python -m paced_jax.tools.lab --config=configs/lab.py report          # rebuild the report only
 Any field can be overridden: --config.seeds='(0,1,2)' --config.unique_problems=1280.
-The bootstrap (teacher + student, cached in WORKDIR/models) comes first and takes longer on CPU
-than the table itself; docs/lab/README.md says how the committed run got its models.
+The bootstrap (teacher + student, cached in WORKDIR/models) comes first (~10 min on 2 CPU cores);
+docs/lab/README.md has the committed run's times and what it shows.
 """
 
 from paced_jax import presets
