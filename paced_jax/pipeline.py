@@ -13,7 +13,7 @@ import jax
 
 from paced_jax import workspace
 from paced_jax import artifacts
-from paced_jax import progress
+from paced_jax import host_memory, progress
 from paced_jax.evaluation import evaluate
 from paced_jax.model import hf_checkpoint
 from paced_jax.model import loaded as loaded_model
@@ -30,6 +30,7 @@ from paced_jax.config import ExperimentConfig, to_json
 
 
 def _banner(i: int, n: int, name: str, clock: progress.StageClock) -> None:
+  host_memory.release_free()  # the last stage's freed buffers: each stage's peak RSS is then its own
   clock.begin(name)
   print(f"\n=== [{i}/{n}] {name}  ({progress.format_seconds(clock.elapsed())} elapsed) ===", flush=True)
 

@@ -16,7 +16,7 @@ from typing import Callable
 from absl import app, flags as absl_flags, logging
 from ml_collections import config_flags
 
-from paced_jax import artifacts
+from paced_jax import artifacts, host_memory
 from paced_jax import config as config_lib
 from paced_jax.evaluation import benchmarks, retain_sets
 from paced_jax.model import config as model_config, hf_checkpoint, tokenization
@@ -93,6 +93,7 @@ def _load_config_file(spec: str):
 
 def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
   """absl's app.run with one-line user errors (exit 2); `positional`: main takes subcommands."""
+  host_memory.limit_arenas()  # before jax starts its threads
   def guarded(argv):
     if len(argv) > 1 and not positional:
       fail(f"unexpected argument(s) {' '.join(argv[1:])} (settings are flags: --config.a.b=value)")

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from paced_jax import workspace
-from paced_jax import artifacts, mesh as mesh_lib, progress as progress_lib
+from paced_jax import artifacts, host_memory, mesh as mesh_lib, progress as progress_lib
 from paced_jax.evaluation import pass_rate
 from paced_jax.model import tokenization
 from paced_jax.problems import prompts as prompts_lib
@@ -209,8 +209,10 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         sampler = Sampler.for_model(student, state.params)
         examples, generated = training_data.on_policy_examples(problems, data, sampler, teacher, teacher_params, s, cfg,
                                                                lengths)
+        del sampler  # its decoding copy of the weights: freed before the step, not when the next one replaces it
       batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
       batch = jax.tree.map(mesh_lib.from_host, batch_np, batch_sharding)
+      host_memory.release_free()  # sampling's and scoring's freed buffers, before the step's temporaries
       state, metrics = jitted[div](state, batch)
       m = jax.device_get(metrics)
       seconds = time.perf_counter() - tic
