@@ -1,4 +1,5 @@
-"""The main job: prepare -> pass rates -> references + teacher signal -> train -> evaluate -> report.
+"""The main job: prepare -> pass rates -> references + teacher signal -> train -> evaluate -> report;
+and `evaluate_model`, one model or checkpoint evaluated and logged (tools/evaluate).
 
 Each stage skips itself when its outputs are complete and resumes when they are partial, so the
 same command finishes a killed pipeline.
@@ -23,7 +24,7 @@ from paced_jax.teacher import reference
 from paced_jax.analysis import report
 from paced_jax.analysis import snr
 from paced_jax.teacher import stage as teacher_stage
-from paced_jax.training import checkpoints
+from paced_jax.training import checkpoint_select, checkpoints
 from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import trainer
 from paced_jax.config import ExperimentConfig, to_json
@@ -131,3 +132,24 @@ def _evaluate_trained(cfg: ExperimentConfig, student, teacher) -> tuple[int, dic
     hf_checkpoint.export_hf(params, student.cfg, export_dir, tokenizer_dir=student.model_dir)
     artifacts.write_manifest(export_dir, EXPORT_KIND, **source)  # last: marks the export complete
   return trained_step, final, export_dir
+
+
+def evaluate_model(cfg: ExperimentConfig, model: loaded_model.LoadedModel, step: int | None, tag: str | None,
+                   log_metrics: bool = True) -> tuple[str, dict]:
+  """Evaluate `model` (or checkpoint `step` of cfg's run: None = the model as loaded) -> (tag, result).
+
+  With `log_metrics` the result goes to the run's MetricsWriter (TensorBoard, W&B) at the checkpoint's
+  step (0 for the initial student), beside what training logged."""
+  params, fingerprint = None, None
+  if step is not None:
+    step, params = checkpoint_select.restore_kept(cfg, model, step)
+    fingerprint = f"{model.fingerprint}@step{step}"  # as the pipeline names its trained state
+  tag = tag or (f"step{step}" if step is not None else evaluate.BASELINE_TAG)
+  result = evaluate.evaluate(cfg, model, params=params, tag=tag, fingerprint=fingerprint)
+  if log_metrics:
+    log = metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
+    try:
+      metrics_lib.log_evaluation(log, cfg.workdir, result, step or 0)
+    finally:
+      log.close()
+  return tag, result

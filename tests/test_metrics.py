@@ -201,7 +201,7 @@ def test_a_killed_run_resumes_the_same_wandb_run_without_repeating_steps(tmp_pat
 
 
 def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(trained, tmp_path_factory, monkeypatch):
-  from paced_jax.tools import evaluate as evaluate_tool
+  from paced_jax import pipeline
   workdir, _, _, wandb_dir = trained
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_DIR", wandb_dir)
@@ -209,7 +209,7 @@ def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(train
   cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2,
                         wandb__project="paced-test")
   before = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*")))
-  tag, result = evaluate_tool.evaluate_model(cfg, tiny_workspace.prepared(tmp_path_factory)[1], 2, None)
+  tag, result = pipeline.evaluate_model(cfg, tiny_workspace.prepared(tmp_path_factory)[1], 2, None)
   assert tag == "step2"
   summary = json.load(open(os.path.join(workspace.eval_dir(workdir, tag), "heldout.json")))
   events = _tb_events(workspace.tensorboard_dir(workdir))
