@@ -116,6 +116,12 @@ def test_a_longer_prompt_len_gives_the_same_tokens(tiny):
     sampler.generate(prompts, sc, progress=False, prompt_len=1)
 
 
+def test_prompt_bucket_is_the_smallest_that_holds_the_prompt():
+  cfg = sampler_lib.SamplingConfig(prompt_buckets=(32, 48))
+  got = [sampler_lib.prompt_bucket(n, cfg) for n in (1, 32, 33, 48, 49, 256, 257)]
+  assert got == [32, 32, 48, 48, 256, 256, 512]   # past the largest bucket: whole multiples of 256
+
+
 def test_a_used_sampler_leaves_no_weights_behind(tiny):
   """The jit cache keeps its static arguments alive; a sampler there would pin its copy of the
   weights (one more model per compile, e.g. per training step's fresh sampler)."""

@@ -139,6 +139,14 @@ def decode_chunk(spec: DecodeSpec, cfg: SamplingConfig, window: int, params, sta
   return jax.lax.while_loop(cond, step, (jnp.int32(0), state))[1]
 
 
+def prompt_bucket(length: int, cfg: SamplingConfig) -> int:
+  """The prompt length a cache is sized and a prefill compiled for: the smallest of
+  cfg.prompt_buckets that holds `length`, past the largest a multiple of 256 (few distinct shapes,
+  so few compiles)."""
+  i = bisect.bisect_left(cfg.prompt_buckets, length)
+  return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
+
+
 class Sampler:
   """Generates from one model on one mesh; compiled functions are cached per shape."""
 
@@ -236,7 +244,7 @@ class Sampler:
     longest = max((len(p) for p in prompts), default=1)
     if prompt_len is not None and prompt_len < longest:
       raise ValueError(f"prompt_len {prompt_len} is shorter than the longest prompt ({longest} tokens)")
-    bucket = self._bucket(prompt_len or longest, cfg)
+    bucket = prompt_bucket(prompt_len or longest, cfg)
     if bucket + cfg.max_new_tokens > self.model_cfg.max_position_embeddings:
       raise ValueError(f"prompt bucket {bucket} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
                        f"max_position_embeddings {self.model_cfg.max_position_embeddings}")
@@ -274,7 +282,7 @@ class Sampler:
       if take:
         # Dense: one prefill length, so the prefill compiles once per distinct-prompt count. Paged:
         # the refill's own bucket, so short prompts take only the pages they fill.
-        Pb = bucket if alloc is None else self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
+        Pb = bucket if alloc is None else prompt_bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
         if alloc is not None:
           refused = [(r, item) for r, item in take
                      if not alloc.reserve(r, min(len(prompts[item[0]]) + cfg.chunk_steps, slots))]
@@ -302,10 +310,6 @@ class Sampler:
           bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]
-
-  def _bucket(self, length: int, cfg: SamplingConfig) -> int:
-    i = bisect.bisect_left(cfg.prompt_buckets, length)
-    return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
 
   def _refill(self, cfg, state, take, Pb, owner, prompts, keys):
     """Prefill the prompts of `take` ([(free row, (prompt, sample))]) into their rows. Samples of
