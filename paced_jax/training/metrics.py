@@ -57,7 +57,8 @@ class MetricsWriter:
     if jax.process_index() != 0:
       return
     os.makedirs(workspace.metrics_dir(workdir), exist_ok=True)
-    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir))
+    # tensorboardX names a file by the second and host only, and a second writer that second would truncate it.
+    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir), filename_suffix=f".{secrets.token_hex(4)}")
     if wandb.project and wandb.mode != "disabled":
       import wandb as wandb_lib  # the optional `wandb` extra: imported only when asked for
       run_dir = wandb.dir or os.environ.get("WANDB_DIR") or workspace.metrics_dir(workdir)
