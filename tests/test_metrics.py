@@ -1,5 +1,6 @@
 """The metrics writer: a tiny training run logs to train.jsonl, TensorBoard event files and an offline W&B run."""
 
+import collections
 import glob
 import json
 import os
@@ -19,6 +20,11 @@ def _tb_events(directory):
   """Every event of the TFRecord files under `directory` (record = u64 length, u32 crc, data, u32 crc)."""
   paths = sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True))
   return [e for path in paths for e in _tb_events_of(path)]
+
+
+def _tb_counts(directory):
+  """{(tag, step): how many values} over every event file under `directory`."""
+  return collections.Counter((v.tag, e.step) for e in _tb_events(directory) for v in e.summary.value)
 
 
 def _tb_events_of(path):
@@ -130,9 +136,10 @@ def test_an_evaluation_logs_accuracy_se_retain_and_sample_responses(tmp_path):
       f.write(json.dumps({"id": f"p{i}", "truth": str(i), "verdicts": [i % 2 == 0], "extracted": [str(i)],
                           "responses": [f"the answer is {i}"]}) + "\n")
   result = {"tag": "final", "benchmarks": {"heldout": {"accuracy": 0.5, "se": 0.125, "greedy_pass1": None}},
-            "retain": {"retain_set": "mmlu", "accuracy": 0.75}}
+            "retain": {"retain_set": "mmlu", "accuracy": 0.75}, "new": ["heldout", "retain"]}
   log = metrics.MetricsWriter(workdir)
   metrics.log_evaluation(log, workdir, result, 7)
+  metrics.log_evaluation(log, workdir, {**result, "new": []}, 7)  # read back from disk: logged when it was made
   log.close()
   events = _tb_events(workspace.tensorboard_dir(workdir))
   scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
@@ -229,3 +236,34 @@ def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(train
           for r in _wandb_records(path) if r.WhichOneof("record_type") == "history"]
   (row,) = [row for row in rows if "eval/heldout/accuracy" in row]
   assert row["eval/checkpoint_step"] == 2 and row["eval/heldout/accuracy"] == pytest.approx(summary["accuracy"])
+
+
+def test_a_finished_evaluation_or_training_run_again_logs_nothing_a_second_time(trained, tmp_path_factory,
+                                                                                monkeypatch):
+  from paced_jax import pipeline
+  workdir, _, _, wandb_dir = trained
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", wandb_dir)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  model = tiny_workspace.prepared(tmp_path_factory)[1]
+  settings = dict(track="distill", train__steps=2, train__checkpoint_every=2, wandb__project="paced-test")
+  cfg = tiny_experiment(workdir, eval__retain_set="builtin:arith_mc:n=4", **settings)
+  tensorboard, runs = workspace.tensorboard_dir(workdir), os.path.join(wandb_dir, "wandb", "offline-run-*")
+  before = _tb_counts(tensorboard)
+  pipeline.evaluate_model(cfg, model, 2, "again")
+  once = _tb_counts(tensorboard)
+  assert once - before == {("eval/heldout/accuracy", 2): 1, ("eval/heldout/se", 2): 1,
+                           ("samples/heldout/text_summary", 2): 1, ("eval/retain_builtin_arith_mc_n_4/accuracy", 2): 1}
+  runs_before = set(glob.glob(runs))
+  pipeline.evaluate_model(cfg, model, 2, "again")  # every result read back from eval/again/
+  trainer.train(tiny_experiment(workdir, **settings), model, model, progress=False)  # finished: nothing to do
+  assert _tb_counts(tensorboard) == once
+  new_runs = set(glob.glob(runs)) - runs_before
+  assert len(new_runs) == 2
+  for run in new_runs:
+    (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
+    records = _wandb_records(path)
+    assert not [r for r in records if r.WhichOneof("record_type") == "history"]
+    assert not [u for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update
+                if u.key == "train.steps"]
+

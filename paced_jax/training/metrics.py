@@ -164,10 +164,13 @@ class MetricsWriter:
 
 def log_evaluation(log: MetricsWriter, workdir: str, result: dict, step: int) -> None:
   """An evaluate.evaluate() result at `step`: per benchmark mean@k and SE (one curve over evaluations), the
-  retain accuracy, and the first responses with their verdicts."""
+  retain accuracy, and the first responses with their verdicts; only what is `new` (a reused result was
+  logged when it was made: logged again, TensorBoard and W&B would draw a second point at its step)."""
   if not log.active:
     return
   for name, s in result["benchmarks"].items():
+    if name not in result["new"]:
+      continue
     log.scalars(step, {k: s[k] for k in ("accuracy", "se", "greedy_pass1") if s.get(k) is not None},
                 prefix=f"eval/{name}/")
     records = evaluate.read_responses(evaluate.responses_file(workspace.eval_dir(workdir, result["tag"]), name))
@@ -175,5 +178,5 @@ def log_evaluation(log: MetricsWriter, workdir: str, result: dict, step: int) ->
                                   f"extracted {r['extracted'][0]}):\n{r['responses'][0]}"
                                   for r in records[:SAMPLE_RESPONSES]], step)
   retain = result.get("retain")
-  if retain and retain.get("accuracy") is not None:
+  if retain and "retain" in result["new"] and retain.get("accuracy") is not None:
     log.scalars(step, {"accuracy": retain["accuracy"]}, prefix=f"eval/retain_{retain['retain_set']}/")
