@@ -267,3 +267,23 @@ def test_a_finished_evaluation_or_training_run_again_logs_nothing_a_second_time(
     assert not [u for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update
                 if u.key == "train.steps"]
 
+
+def test_a_run_killed_before_its_first_checkpoint_logs_its_settings_once(tmp_path, tmp_path_factory, monkeypatch):
+  prepared = tiny_workspace.prepared(tmp_path_factory)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(prepared[0], workdir)
+  cfg = tiny_experiment(workdir, track="distill", train__steps=1, train__checkpoint_every=1)
+  log_step = trainer._log_step
+
+  def killed(log, record):  # logged, but killed before its checkpoint: the rerun starts at step 0 again
+    log_step(log, record)
+    raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(trainer, "_log_step", killed)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  monkeypatch.setattr(trainer, "_log_step", log_step)
+  trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  counts = _tb_counts(workspace.tensorboard_dir(workdir))
+  assert counts[("pass_rate/round_0", 0)] == 1 and counts[("hparams/text_summary", 0)] == 1
+  assert counts[("train/loss", 1)] == 2  # the redone step: TensorBoard's purge at the restart hides the first

@@ -77,22 +77,24 @@ class MetricsWriter:
   def active(self) -> bool:
     return self.tb is not None
 
-  def open_train_log(self, start_step: int) -> None:
+  def open_train_log(self, start_step: int) -> bool:
     """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume); and tell
     TensorBoard to hide what an earlier, killed run logged past it (its purge: events of a step >= the
     SessionLog.START's, read before it). A resumed online W&B run ignores a step below its last (W&B's
-    rule), so a redone step keeps the killed run's value there."""
+    rule), so a redone step keeps the killed run's value there. Returns whether the log was there (a run in
+    this workdir began before, and logged its start); False off process 0."""
     if self.tb is None:
-      return
+      return False
     self.tb._get_file_writer().add_event(
         event_pb2.Event(step=start_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     path = workspace.train_metrics_file(self.workdir)
-    kept = []
-    if os.path.exists(path):  # a kill may have cut the last line short
+    kept, existed = [], os.path.exists(path)
+    if existed:  # a kill may have cut the last line short
       kept = [r for r in artifacts.read_jsonl_lines(path, drop_torn_tail=True) if r["step"] <= start_step]
     with artifacts.atomic_open(path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(path, "a")
+    return existed
 
   def scalars(self, step: int, values: dict, *, prefix: str = "", jsonl: bool = False) -> None:
     """The numbers of `values` as `prefix + key`; with `jsonl`, the whole record as one train.jsonl line."""
