@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import struct
+import time
 
 import pytest
 from tensorboardX.proto import event_pb2
@@ -76,9 +77,19 @@ def test_tensorboard_has_the_train_scalars_histogram_and_settings(trained):
   assert list(histo.bucket) == manifest["histogram"] and histo.num == sum(manifest["histogram"])
 
 
-def _wandb_records(path):
+def _wandb_records(path, until=lambda records: True, wait_s: float = 60.0):
   """The protobuf records of an offline run's .wandb file (a LevelDB-style log: 7-byte file header, 32 KiB
-  blocks of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full 1 / first 2 / middle 3 / last 4)."""
+  blocks of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full 1 / first 2 / middle 3 / last 4).
+
+  W&B's service process writes the file after `run.finish()` returns (seen on a loaded machine: the header
+  only): read again until `until(records)` holds, for at most `wait_s` (a wait for a writer, not a timing check)."""
+  deadline = time.monotonic() + wait_s
+  while not until(records := _read_wandb_records(path)) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  return records
+
+
+def _read_wandb_records(path):
   from wandb.proto import wandb_internal_pb2
   data = open(path, "rb").read()
   assert struct.unpack("<4sH", data[:6]) == (b":W&B", 0xBEE1)
@@ -232,8 +243,10 @@ def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(train
   (run,) = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))) - before
   assert run.endswith("-" + json.load(open(workspace.wandb_run_file(workdir)))["id"])
   (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
-  rows = [{"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item}
-          for r in _wandb_records(path) if r.WhichOneof("record_type") == "history"]
+  history = lambda records: [{"/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                              for item in r.history.item} for r in records if r.WhichOneof("record_type") == "history"]
+  rows = history(_wandb_records(path, until=lambda records: any("eval/heldout/accuracy" in row
+                                                                 for row in history(records))))
   (row,) = [row for row in rows if "eval/heldout/accuracy" in row]
   assert row["eval/checkpoint_step"] == 2 and row["eval/heldout/accuracy"] == pytest.approx(summary["accuracy"])
 
