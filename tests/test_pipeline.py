@@ -8,7 +8,7 @@ import transformers
 
 from paced_jax import artifacts, config as config_lib, pipeline
 from stage_fixtures import load_config_file
-from test_metrics import _tb_events
+from test_metrics import _tb_counts, _tb_events
 
 
 @pytest.mark.slow
@@ -40,5 +40,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   assert "### initial" in report and f"### step{cfg.train.steps}" in report  # the SNR sections
   out = capsys.readouterr().out
   assert "report:" in out and "trained student" in out
-  # A second run finds everything complete and redoes nothing expensive.
+  # A second run finds everything complete, redoes nothing expensive, and logs nothing again.
+  logged = _tb_counts(os.path.join(w, "metrics", "tensorboard"))
   assert pipeline.run(cfg) == report_path
+  assert _tb_counts(os.path.join(w, "metrics", "tensorboard")) == logged
