@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from paced_jax import workspace
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config_dict
 from paced_jax.evaluation import benchmarks
 from paced_jax.evaluation import evaluate
 from paced_jax.model import tiny as tiny_model
@@ -91,7 +91,7 @@ def experiment(workdir, benches, greedy_pass1=False, num_samples=2):
   c.eval.benchmarks = list(benches)
   c.eval.greedy_pass1 = greedy_pass1
   c.eval.sampling.num_samples = num_samples
-  return config_lib.experiment(c)
+  return config_dict.experiment(c)
 
 
 def test_mean_at_k_hand_computed():

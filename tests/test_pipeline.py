@@ -6,7 +6,7 @@ import re
 import pytest
 import transformers
 
-from paced_jax import artifacts, config as config_lib, pipeline
+from paced_jax import artifacts, config_dict, pipeline
 from stage_fixtures import load_config_file
 from test_metrics import _tb_counts, _tb_events
 
@@ -17,7 +17,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   c.workdir = str(tmp_path / "w")
   c.run_snr = True  # at the initial student and at the final checkpoint
   c.snr.step, c.snr.num_problems, c.snr.dim, c.snr.resamples = c.train.steps, 6, 64, 50
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   report_path = pipeline.run(cfg)
   w = cfg.workdir
   for directory, kind in [("problems", "problems"), ("pass_rates/0000", "pass_rates"), ("references", "references"),

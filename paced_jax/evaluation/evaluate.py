@@ -27,7 +27,8 @@ from paced_jax import artifacts, progress as progress_lib
 from paced_jax.evaluation import benchmarks as benchmarks_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.evaluation import retain, rollouts
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation.verifier import Grader

@@ -29,7 +29,8 @@ from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
 from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import train_step as ts
-from paced_jax.config import ConfigError, ExperimentConfig, to_json
+from paced_jax.config import ConfigError, ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
