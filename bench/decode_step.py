@@ -53,17 +53,18 @@ def main(argv):
       alloc = pages_lib.PageAllocator(rows, 1, rows * pages_per_row, sc.page_size, pages_per_row)
       for r in range(rows):
         alloc.reserve(r, FLAGS.slots)
-      state = sampler._initial_state(rows, FLAGS.slots, sc, rows * pages_per_row)
+      state = sampler.initial_state(rows, FLAGS.slots, sc, rows * pages_per_row)
       state = state._replace(cache=state.cache._replace(table_BQ=jnp.asarray(alloc.table)))
       window = FLAGS.slots
     else:
-      state = sampler._initial_state(rows, FLAGS.slots, sc)
+      state = sampler.initial_state(rows, FLAGS.slots, sc)
     # Every row active, writing from the middle of the cache: no row finishes inside a chunk.
     state = state._replace(active_B=jnp.ones((rows,), bool), next_slot_B=jnp.full((rows,), FLAGS.slots // 3, jnp.int32))
     times = []
     for i in range(FLAGS.repeats + 1):
       start = time.perf_counter()
-      state = jax.block_until_ready(sampler._decode_chunk(sc, window, state))
+      state = jax.block_until_ready(sampler_lib.decode_chunk(sampler.spec, sc.compiled_part(), window,
+                                                             sampler.params, state))
       times.append(time.perf_counter() - start)
     step_ms = 1000 * min(times[1:]) / FLAGS.steps
     rows_out.append((rows, f"{times[0]:.1f}", f"{step_ms:.1f}", f"{rows * 1000 / step_ms:.0f}", common.load()))

@@ -87,31 +87,9 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
   bf16 = dtype == "bfloat16"
   cfg, graphdef, params, mesh = common.load_paced(model_dir, *(("bfloat16",) * 2 if bf16 else ("float32",) * 2))
 
-  class CountingSampler(sampler_lib.Sampler):
-    """Counts slots: R of each prefill, and B x steps of each decode chunk."""
-
-    def reset(self):
-      self.prefill_rows, self.chunks = 0, []
-
-    def _prefill(self, cfg, state, tokens_UP, lens_U, rows_R, source_R, keys_R):
-      # Each refilled row samples its first token here (padding rows, index B, are dropped).
-      self.prefill_rows += int(np.sum(np.asarray(rows_R) < state.last_token_B.shape[0]))
-      return super()._prefill(cfg, state, tokens_UP, lens_U, rows_R, source_R, keys_R)
-
-    def _decode_chunk(self, cfg, window, state):
-      # A chunk runs while any row is active and rows never turn active inside it, so its step
-      # count is the largest gen_len increase. Copies keep this async (the state is donated).
-      before = state.gen_len_B.copy()
-      state = super()._decode_chunk(cfg, window, state)
-      self.chunks.append((before, state.gen_len_B.copy(), state.gen_len_B.shape[0]))
-      return state
-
-    def slots(self) -> int:
-      return self.prefill_rows + sum(B * int(np.max(np.asarray(a) - np.asarray(b))) for b, a, B in self.chunks)
-
   # Batch 1 decodes a fixed N tokens: no stop ids.
   stops = stop_ids if workload == "group" else ()
-  sampler = CountingSampler(cfg, params, mesh, stop_ids=stops, valid_vocab=valid_vocab, pad_id=pad_id)
+  sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=stops, valid_vocab=valid_vocab, pad_id=pad_id)
   N = FLAGS.max_new_tokens
   if workload == "group":
     grid = [(int(r), int(c)) for r in FLAGS.batch_rows for c in FLAGS.chunk_steps]
@@ -121,11 +99,11 @@ def paced_setups(model_dir, dtype, workload, prompts, stop_ids, pad_id, valid_vo
     base = dict(greedy=True, num_samples=1)
 
   def call(sc):
-    sampler.reset()
-    out = sampler.generate(prompts, sc, progress=False)
+    work = sampler_lib.Work()
+    out = sampler.generate(prompts, sc, progress=False, work=work)
     lengths = [len(r.tokens) for rs in out for r in rs]  # tokens incl. the stop token, in (prompt, sample) order
     useful = sum(useful_count(r.tokens, stop_ids if workload == "group" else ()) for rs in out for r in rs)
-    return useful, sampler.slots(), lengths
+    return useful, work.slots, lengths
 
   return [(f"{dtype} rows={r} chunk={c}",
            functools.partial(call, sampler_lib.SamplingConfig(max_new_tokens=N, batch_rows=r, chunk_steps=c,

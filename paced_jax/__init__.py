@@ -14,8 +14,9 @@ from its own package and from the units listed *below* its own in LAYERS, never 
   sampling/    the jitted sampler and its decoding layout
   problems/    problem records, files and built-in generators, the prepare stage, prompts
   model/       decoder, checkpoints (HF, GGUF, tiny), tokenizer, scoring and packing of sequences
-  config.py  workspace.py  mesh.py  artifacts.py  progress.py  host_memory.py   settings, artifact
-               paths, mesh, atomic files, progress bars and stage timing, the host heap
+  config.py  config_dict.py  workspace.py  mesh.py  artifacts.py  progress.py  host_memory.py
+               settings, their reading from ConfigDicts, artifact paths, mesh, atomic files,
+               progress bars and stage timing, the host heap
 
 Axis legend (shape suffixes on array names, e.g. `logits_BTV`), one meaning per letter:
   B  batch rows                      T  token positions of a row (queries; new tokens when decoding)
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 
 # Lowest first. A unit is a subpackage or a top-level module (the base layer's names).
 LAYERS = (
-    ("artifacts", "config", "host_memory", "mesh", "progress", "workspace"),
+    ("artifacts", "config", "config_dict", "host_memory", "mesh", "progress", "workspace"),
     ("model",),
     ("problems",),
     ("sampling",),

@@ -75,7 +75,7 @@ def compile_decode_step(cfg: ExperimentConfig, target: aot.Target, *, model: str
   sampler = sampler_lib.Sampler(mcfg, params, mesh, stop_ids=(0,), valid_vocab=valid_vocab,
                                 replicate_weights=replicate_weights)
   rows = sampler.rows(sc, 1 << 30)
-  slots, pages = sampler._bucket(prompt_len, sc) + sc.max_new_tokens, 0
+  slots, pages = sampler_lib.prompt_bucket(prompt_len, sc) + sc.max_new_tokens, 0
   if sc.kv_cache == "paged":
     slots = -(-slots // sc.page_size) * sc.page_size
     pages = sampler.pages_per_device(sc, rows, slots // sc.page_size)

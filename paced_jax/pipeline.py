@@ -27,7 +27,8 @@ from paced_jax.teacher import stage as teacher_stage
 from paced_jax.training import checkpoint_select, checkpoints
 from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import trainer
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 
 
 def _banner(i: int, n: int, name: str, clock: progress.StageClock) -> None:

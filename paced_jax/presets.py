@@ -13,7 +13,7 @@ from typing import Mapping
 
 import ml_collections
 
-from paced_jax import config as config_lib
+from paced_jax import config as config_lib, config_dict
 from paced_jax.training import losses
 
 # Paper training defaults (METHOD.md section 7). Learning rate per track: the paper's appendix gives
@@ -38,7 +38,7 @@ def default_config(defaults=None) -> ml_collections.ConfigDict:
   """The defaults of an ExperimentConfig (or of a dataclass holding one, like the lab's) as a
   ConfigDict for config files to start from, with every registered divergence's hyperparameters
   under train.loss_params, so that the command line can set them (--config.train.loss_params.akl.mu=0.3)."""
-  c = config_lib.to_config_dict(defaults if defaults is not None else config_lib.ExperimentConfig())
+  c = config_dict.to_config_dict(defaults if defaults is not None else config_lib.ExperimentConfig())
   params = {name: dataclasses.asdict(d.params()) for name, d in losses.DIVERGENCES.items()
             if dataclasses.fields(d.params)}
 

@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from paced_jax import config as config_lib, mesh as mesh_lib
+from paced_jax import config as config_lib, config_dict, mesh as mesh_lib
 from paced_jax.model import loaded as loaded_model
 from paced_jax.problems import prepare as prepare_lib
 
@@ -30,7 +30,7 @@ def tiny_experiment(workdir: str, variant: str = "", **overrides) -> config_lib.
     for p in parents:
       node = node[p]
     node[leaf] = value
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   p = cfg.problems
   prepare_lib.prepare(workdir, p.source, n_train=p.n_train, n_heldout=p.n_heldout, seed=p.seed)
   return cfg

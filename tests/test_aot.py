@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from paced_jax import aot, aot_decode, config as config_lib
+from paced_jax import aot, aot_decode, config_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AOT_PYTHON = os.path.join(ROOT, ".venv", "aot", "bin", "python")
@@ -27,7 +27,7 @@ def test_tiny_train_step_compiles_on_8_fake_devices():
   c = _config("configs/tiny.py")
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
   c.train.micro_batches = 2
-  report = aot.compile_train_step(config_lib.experiment(c), aot.cpu_target(8))
+  report = aot.compile_train_step(config_dict.experiment(c), aot.cpu_target(8))
   assert report.target.platform == "cpu" and len(report.target.devices) == 8
   assert report.mesh == {"data": 2, "fsdp": 2, "tensor": 2}
   assert report.argument_bytes > 0 and report.output_bytes > 0 and report.temp_bytes > 0
@@ -45,12 +45,12 @@ def test_tiny_decode_step_compiles_on_8_fake_devices(kv_cache):
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
   s = c.pass_rate.sampling
   s.rows_per_device, s.max_new_tokens, s.kv_cache, s.page_size, s.prompt_buckets = 3, 100, kv_cache, 16, [32]
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   mcfg = aot.resolve_model(cfg.student)[0]
   per_token = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * 4   # keys + values, float32
   # A pool of 10 pages per device, against 3 rows x 8 pages at full length (32 prompt + 100 new slots).
   s.cache_gib = 10.5 * 16 * per_token / (1 << 30)
-  report = aot_decode.compile_decode_step(config_lib.experiment(c), aot.cpu_target(8), prompt_len=20, window=64)
+  report = aot_decode.compile_decode_step(config_dict.experiment(c), aot.cpu_target(8), prompt_len=20, window=64)
   assert report.rows == 12 and report.rows_per_device == 3
   if kv_cache == "dense":
     assert report.slots == 132 and report.cache_bytes == 3 * 132 * per_token
@@ -112,7 +112,7 @@ def test_tpu_slices():
 
 def test_presets_resolve_without_checkpoints():
   for path in ("configs/qwen3_distill.py", "configs/qwen25_math_selfdistill.py", "configs/llama3_distill.py"):
-    cfg = config_lib.experiment(_config(path))
+    cfg = config_dict.experiment(_config(path))
     aot.resolve_model(cfg.student)
     if cfg.teacher:
       aot.resolve_model(cfg.teacher)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from paced_jax import config as config_lib, mesh as mesh_lib
+from paced_jax import config as config_lib, config_dict, mesh as mesh_lib
 from paced_jax.model import attention as attention_lib
 from paced_jax.model import decoder as model_lib
 from paced_jax.model.config import ModelConfig, RopeConfig
@@ -118,7 +118,7 @@ def test_auto_and_unknown_names():
   with pytest.raises(ValueError, match="available: auto, dense"):
     attention_lib.resolve("flash", 128)
   with pytest.raises(config_lib.ConfigError, match="model.attention: 'flash' is not one of auto, dense"):
-    config_lib.to_dataclass(config_lib.ModelOptions, {"attention": "flash"}, "config.model")
+    config_dict.to_dataclass(config_lib.ModelOptions, {"attention": "flash"}, "config.model")
 
 
 def test_decoder_training_forward_blockwise_equals_dense():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from paced_jax import workspace
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config_dict
 from paced_jax.evaluation import benchmarks
 from paced_jax.evaluation import evaluate
 from paced_jax.model import tiny as tiny_model
@@ -91,7 +91,7 @@ def experiment(workdir, benches, greedy_pass1=False, num_samples=2):
   c.eval.benchmarks = list(benches)
   c.eval.greedy_pass1 = greedy_pass1
   c.eval.sampling.num_samples = num_samples
-  return config_lib.experiment(c)
+  return config_dict.experiment(c)
 
 
 def test_mean_at_k_hand_computed():
@@ -123,8 +123,9 @@ def test_stage_files_accuracy_and_resume(tmp_path, bench_file, monkeypatch):
   assert "toy" in evaluate.format_table(result)
 
   calls = len(model.calls)
-  assert evaluate.evaluate(cfg, model, tag="initial")["benchmarks"]["toy"] == s  # complete: reused
-  assert len(model.calls) == calls
+  again = evaluate.evaluate(cfg, model, tag="initial")
+  assert again["benchmarks"]["toy"] == s and len(model.calls) == calls  # complete: reused
+  assert (result["new"], again["new"]) == (["toy"], [])  # made by the first call, read back by the second
   other = experiment(tmp_path / "w", [bench_file + ":name=toy"], greedy_pass1=True, num_samples=4)
   with pytest.raises(artifacts.ArtifactError, match="field 'k' is 2 but this run expects 4"):
     evaluate.evaluate(other, model, tag="initial")
@@ -150,6 +151,26 @@ def test_killed_run_resumes_from_parts(tmp_path, bench_file, monkeypatch):
   summary = evaluate.evaluate(cfg, model, tag="t")["benchmarks"]["bench"]
   assert len(calls) == 5 and summary["accuracy"] == pytest.approx(0.625)  # 2 done, 1 killed, 2 to go
   assert not os.path.exists(os.path.join(workspace.eval_dir(cfg.workdir, "t"), "parts-bench"))
+
+
+def test_what_a_killed_run_finished_is_still_new_when_the_rerun_reads_it_back(tmp_path, bench_file, monkeypatch):
+  cfg = experiment(tmp_path / "w", [bench_file + ":name=a", bench_file + ":name=b"])
+  model = FakeModel([f"q{i}" for i in range(len(PLAN))])
+  real = evaluate.run_benchmark
+
+  def killed_in_b(cfg, model, bench, **kwargs):
+    if bench.name == "b":
+      raise KeyboardInterrupt("killed")
+    return real(cfg, model, bench, **kwargs)
+
+  monkeypatch.setattr(evaluate, "run_benchmark", killed_in_b)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.evaluate(cfg, model, tag="t")
+  assert os.path.exists(os.path.join(workspace.eval_dir(cfg.workdir, "t"), "a.json"))
+  monkeypatch.setattr(evaluate, "run_benchmark", real)
+  # `a` is read back, but no call returned it (nor logged it) before: no manifest listed it.
+  assert evaluate.evaluate(cfg, model, tag="t")["new"] == ["a", "b"]
+  assert evaluate.evaluate(cfg, model, tag="t")["new"] == []
 
 
 @pytest.mark.parametrize("rows, match", [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from paced_jax import workspace
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config_dict
 from paced_jax.evaluation import pass_rate
 from paced_jax.lab import config as lab_config
 from paced_jax.lab import report as lab_report
@@ -25,7 +25,7 @@ def _lab(tmp_path, variant="smoke", **changes):
   c.workdir = str(tmp_path / "lab")
   for key, value in changes.items():
     setattr(c, key, value)
-  return config_lib.to_dataclass(lab_config.LabConfig, c)
+  return config_dict.to_dataclass(lab_config.LabConfig, c)
 
 
 @pytest.mark.parametrize("method,expected", [

@@ -1,10 +1,12 @@
 """The metrics writer: a tiny training run logs to train.jsonl, TensorBoard event files and an offline W&B run."""
 
+import collections
 import glob
 import json
 import os
 import shutil
 import struct
+import time
 
 import pytest
 from tensorboardX.proto import event_pb2
@@ -19,6 +21,11 @@ def _tb_events(directory):
   """Every event of the TFRecord files under `directory` (record = u64 length, u32 crc, data, u32 crc)."""
   paths = sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True))
   return [e for path in paths for e in _tb_events_of(path)]
+
+
+def _tb_counts(directory):
+  """{(tag, step): how many values} over every event file under `directory`."""
+  return collections.Counter((v.tag, e.step) for e in _tb_events(directory) for v in e.summary.value)
 
 
 def _tb_events_of(path):
@@ -70,9 +77,19 @@ def test_tensorboard_has_the_train_scalars_histogram_and_settings(trained):
   assert list(histo.bucket) == manifest["histogram"] and histo.num == sum(manifest["histogram"])
 
 
-def _wandb_records(path):
+def _wandb_records(path, until=lambda records: True, wait_s: float = 60.0):
   """The protobuf records of an offline run's .wandb file (a LevelDB-style log: 7-byte file header, 32 KiB
-  blocks of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full 1 / first 2 / middle 3 / last 4)."""
+  blocks of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full 1 / first 2 / middle 3 / last 4).
+
+  W&B's service process writes the file after `run.finish()` returns (seen on a loaded machine: the header
+  only): read again until `until(records)` holds, for at most `wait_s` (a wait for a writer, not a timing check)."""
+  deadline = time.monotonic() + wait_s
+  while not until(records := _read_wandb_records(path)) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  return records
+
+
+def _read_wandb_records(path):
   from wandb.proto import wandb_internal_pb2
   data = open(path, "rb").read()
   assert struct.unpack("<4sH", data[:6]) == (b":W&B", 0xBEE1)
@@ -130,9 +147,10 @@ def test_an_evaluation_logs_accuracy_se_retain_and_sample_responses(tmp_path):
       f.write(json.dumps({"id": f"p{i}", "truth": str(i), "verdicts": [i % 2 == 0], "extracted": [str(i)],
                           "responses": [f"the answer is {i}"]}) + "\n")
   result = {"tag": "final", "benchmarks": {"heldout": {"accuracy": 0.5, "se": 0.125, "greedy_pass1": None}},
-            "retain": {"retain_set": "mmlu", "accuracy": 0.75}}
+            "retain": {"retain_set": "mmlu", "accuracy": 0.75}, "new": ["heldout", "retain"]}
   log = metrics.MetricsWriter(workdir)
   metrics.log_evaluation(log, workdir, result, 7)
+  metrics.log_evaluation(log, workdir, {**result, "new": []}, 7)  # read back from disk: logged when it was made
   log.close()
   events = _tb_events(workspace.tensorboard_dir(workdir))
   scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
@@ -225,7 +243,60 @@ def test_evaluating_a_checkpoint_from_the_command_line_logs_it_at_its_step(train
   (run,) = set(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))) - before
   assert run.endswith("-" + json.load(open(workspace.wandb_run_file(workdir)))["id"])
   (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
-  rows = [{"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item}
-          for r in _wandb_records(path) if r.WhichOneof("record_type") == "history"]
+  history = lambda records: [{"/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                              for item in r.history.item} for r in records if r.WhichOneof("record_type") == "history"]
+  rows = history(_wandb_records(path, until=lambda records: any("eval/heldout/accuracy" in row
+                                                                 for row in history(records))))
   (row,) = [row for row in rows if "eval/heldout/accuracy" in row]
   assert row["eval/checkpoint_step"] == 2 and row["eval/heldout/accuracy"] == pytest.approx(summary["accuracy"])
+
+
+def test_a_finished_evaluation_or_training_run_again_logs_nothing_a_second_time(trained, tmp_path_factory,
+                                                                                monkeypatch):
+  from paced_jax import pipeline
+  workdir, _, _, wandb_dir = trained
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", wandb_dir)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  model = tiny_workspace.prepared(tmp_path_factory)[1]
+  settings = dict(track="distill", train__steps=2, train__checkpoint_every=2, wandb__project="paced-test")
+  cfg = tiny_experiment(workdir, eval__retain_set="builtin:arith_mc:n=4", **settings)
+  tensorboard, runs = workspace.tensorboard_dir(workdir), os.path.join(wandb_dir, "wandb", "offline-run-*")
+  before = _tb_counts(tensorboard)
+  pipeline.evaluate_model(cfg, model, 2, "again")
+  once = _tb_counts(tensorboard)
+  assert once - before == {("eval/heldout/accuracy", 2): 1, ("eval/heldout/se", 2): 1,
+                           ("samples/heldout/text_summary", 2): 1, ("eval/retain_builtin_arith_mc_n_4/accuracy", 2): 1}
+  runs_before = set(glob.glob(runs))
+  pipeline.evaluate_model(cfg, model, 2, "again")  # every result read back from eval/again/
+  trainer.train(tiny_experiment(workdir, **settings), model, model, progress=False)  # finished: nothing to do
+  assert _tb_counts(tensorboard) == once
+  new_runs = set(glob.glob(runs)) - runs_before
+  assert len(new_runs) == 2
+  for run in new_runs:
+    (path,) = glob.glob(os.path.join(run, "run-*.wandb"))
+    records = _wandb_records(path)
+    assert not [r for r in records if r.WhichOneof("record_type") == "history"]
+    assert not [u for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update
+                if u.key == "train.steps"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_its_settings_once(tmp_path, tmp_path_factory, monkeypatch):
+  prepared = tiny_workspace.prepared(tmp_path_factory)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(prepared[0], workdir)
+  cfg = tiny_experiment(workdir, track="distill", train__steps=1, train__checkpoint_every=1)
+  log_step = trainer._log_step
+
+  def killed(log, record):  # logged, but killed before its checkpoint: the rerun starts at step 0 again
+    log_step(log, record)
+    raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(trainer, "_log_step", killed)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  monkeypatch.setattr(trainer, "_log_step", log_step)
+  trainer.train(cfg, prepared[1], prepared[1], progress=False)
+  counts = _tb_counts(workspace.tensorboard_dir(workdir))
+  assert counts[("pass_rate/round_0", 0)] == 1 and counts[("hparams/text_summary", 0)] == 1
+  assert counts[("train/loss", 1)] == 2  # the redone step: TensorBoard's purge at the restart hides the first

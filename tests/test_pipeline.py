@@ -6,9 +6,9 @@ import re
 import pytest
 import transformers
 
-from paced_jax import artifacts, config as config_lib, pipeline
+from paced_jax import artifacts, config_dict, pipeline
 from stage_fixtures import load_config_file
-from test_metrics import _tb_events
+from test_metrics import _tb_counts, _tb_events
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   c.workdir = str(tmp_path / "w")
   c.run_snr = True  # at the initial student and at the final checkpoint
   c.snr.step, c.snr.num_problems, c.snr.dim, c.snr.resamples = c.train.steps, 6, 64, 50
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   report_path = pipeline.run(cfg)
   w = cfg.workdir
   for directory, kind in [("problems", "problems"), ("pass_rates/0000", "pass_rates"), ("references", "references"),
@@ -40,5 +40,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
   assert "### initial" in report and f"### step{cfg.train.steps}" in report  # the SNR sections
   out = capsys.readouterr().out
   assert "report:" in out and "trained student" in out
-  # A second run finds everything complete and redoes nothing expensive.
+  # A second run finds everything complete, redoes nothing expensive, and logs nothing again.
+  logged = _tb_counts(os.path.join(w, "metrics", "tensorboard"))
   assert pipeline.run(cfg) == report_path
+  assert _tb_counts(os.path.join(w, "metrics", "tensorboard")) == logged

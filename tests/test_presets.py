@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from paced_jax import aot, config as config_lib, presets as paper_presets
+from paced_jax import aot, config_dict, presets as paper_presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = ("qwen3_distill", "qwen25_math_selfdistill", "llama3_distill")
@@ -31,7 +31,7 @@ CASES = [(name, v) for name in PRESETS for v in _variants(_module(name))]
 @pytest.mark.parametrize("name,variant", CASES)
 def test_every_variant_converts_with_paper_defaults(name, variant):
   module = _module(name)
-  cfg = config_lib.experiment(module.get_config(variant))
+  cfg = config_dict.experiment(module.get_config(variant))
   t = cfg.train
   # The paper's appendix: lr 1e-7 for distillation; self-distillation keeps the codebase's 1e-6.
   self_distill = cfg.teacher == ""
@@ -77,15 +77,15 @@ def test_every_variant_converts_with_paper_defaults(name, variant):
 
 
 def test_preset_models_and_tracks():
-  q3 = config_lib.experiment(_module("qwen3_distill").get_config(""))
+  q3 = config_dict.experiment(_module("qwen3_distill").get_config(""))
   assert (q3.student, q3.teacher, q3.track, q3.train.loss) == (
       "/models/Qwen3-1.7B", "/models/Qwen3-8B-GRPO", "distill", "fkl")
   assert q3.train.seq_len == 512 + 8192
-  sd = config_lib.experiment(_module("qwen25_math_selfdistill").get_config(""))
+  sd = config_dict.experiment(_module("qwen25_math_selfdistill").get_config(""))
   assert (sd.teacher, sd.track, sd.train.loss, sd.prompts.teacher_context) == (
       "", "self_distill", "rkl", "solution")
   assert sd.train.seq_len <= aot.known_architecture("Qwen2.5-Math-7B").max_position_embeddings
-  ll = config_lib.experiment(_module("llama3_distill").get_config("v5p-64"))
+  ll = config_dict.experiment(_module("llama3_distill").get_config("v5p-64"))
   assert (ll.student, ll.teacher, ll.track) == ("/models/Llama-3.1-8B-Instruct", "/models/Llama-3.3-70B-Instruct",
                                                 "distill")
   assert 4 <= ll.mesh.tensor <= 8
@@ -94,7 +94,7 @@ def test_preset_models_and_tracks():
 def test_two_stage_recompute_follows_a_changed_step_count():
   c = _module("qwen3_distill").get_config("two_stage")
   c.train.steps = 300  # what --config.train.steps=300 does
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   assert (cfg.train.steps, cfg.pass_rate.recompute_every) == (300, 150)
   assert int(cfg.train.stage1_fraction * cfg.train.steps) == 150  # the recompute sits at the switch
 
@@ -118,7 +118,7 @@ def test_bad_variants_raise(name, variant, message):
 
 
 def test_long_variant_packs_the_papers_longest_training_responses():
-  c = config_lib.experiment(_module("qwen3_distill").get_config("v5e-256,long"))
+  c = config_dict.experiment(_module("qwen3_distill").get_config("v5e-256,long"))
   assert c.train.seq_len == paper_presets.PROMPT_BUDGET + 16384 and c.mesh.fsdp == 256
 
 
@@ -126,9 +126,9 @@ def test_long_variant_packs_the_papers_longest_training_responses():
 def test_slices_with_paged_rollouts_set_every_sampling_stage(name):
   from paced_jax.sampling import decoding
   module = _module(name)
-  assert config_lib.experiment(module.get_config("")).pass_rate.sampling.kv_cache == "dense"  # one host: CPU-safe
+  assert config_dict.experiment(module.get_config("")).pass_rate.sampling.kv_cache == "dense"  # one host: CPU-safe
   for slice_name, s in module.SLICES.items():
-    cfg = config_lib.experiment(module.get_config(slice_name))
+    cfg = config_dict.experiment(module.get_config(slice_name))
     stages = (cfg.pass_rate.sampling, cfg.reference.sampling, cfg.train.rollout_sampling, cfg.eval.sampling)
     if not s.rollout_rows_per_device:
       assert all(x.kv_cache == "dense" for x in stages)

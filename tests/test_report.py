@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tiny_workspace
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config_dict
 from paced_jax.analysis import report, runs
 from paced_jax.analysis import snr_stats
 from paced_jax.training import trainer
@@ -46,7 +46,7 @@ def finished(tmp_path_factory):
   shutil.copytree(prepared, workdir, ignore=shutil.ignore_patterns("snr", "report"))
   cfg = tiny_experiment(workdir, track="distill", train__steps=2, train__checkpoint_every=2)
   trainer.train(cfg, student, student, progress=False)
-  artifacts.write_json(os.path.join(workdir, "config.json"), config_lib.to_json(cfg))
+  artifacts.write_json(os.path.join(workdir, "config.json"), config_dict.to_json(cfg))
   # Sampling-based evaluation is tested in test_evaluate.py; here only its files matter.
   write_eval(workdir, "initial", {"heldout": (0.5, 0.125, 2, 8), "math500": (0.694, 0.02, 8, 500)}, retain=0.6)
   write_eval(workdir, "final", {"heldout": (0.625, 0.1, 2, 8), "math500": (0.794, 0.018, 8, 500)}, retain=0.59)
@@ -96,7 +96,7 @@ def test_report_from_finished_run(finished):
 
 def test_compare_adds_one_row_per_run(finished, tmp_path):
   other = str(tmp_path / "uniform_run")
-  cfg = config_lib.to_json(tiny_experiment(other))
+  cfg = config_dict.to_json(tiny_experiment(other))
   cfg["weights"]["scheme"] = "uniform"
   artifacts.write_json(os.path.join(other, "config.json"), cfg)
   write_eval(other, "initial", {"heldout": (0.5, 0.125, 2, 8)}, retain=0.6)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from flax import nnx
 
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config_dict
 from paced_jax.evaluation import retain
 from paced_jax.evaluation import retain_sets
 from stage_fixtures import load_config_file, load_student, tiny_experiment
@@ -121,7 +121,7 @@ def test_run_writes_summary_and_forgetting(tmp_path, monkeypatch):
   c = load_config_file("tiny.py")
   c.workdir = str(tmp_path)
   c.eval.retain_set = "builtin:arith_mc:n=4"
-  cfg = config_lib.experiment(c)
+  cfg = config_dict.experiment(c)
   right = {"initial": 4, "after": 3}  # questions answered right by each fake model
 
   def fake_score(model, questions, prompts, fmt, *, params=None, progress=True):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config as config_lib, config_dict
 from paced_jax.problems import prepare as prepare_lib
 from paced_jax.problems.records import ProblemFileError
 from stage_fixtures import ROOT, load_config_file
@@ -30,12 +30,12 @@ def _with(dotted: str, value):
     ("problems.n_train", 0)])
 def test_out_of_range_setting_is_refused_naming_the_field(dotted, value):
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.experiment(_with(dotted, value))
+    config_dict.experiment(_with(dotted, value))
   assert str(e.value).startswith(f"config.{dotted}: must be") and repr(value) in str(e.value)
 
 
 def test_in_range_settings_are_accepted():
-  cfg = config_lib.experiment(_with("weights.alpha", 0.0))
+  cfg = config_dict.experiment(_with("weights.alpha", 0.0))
   assert cfg.weights.alpha == 0.0 and cfg.pass_rate.sampling.num_samples == 4
 
 

@@ -116,6 +116,33 @@ def test_a_longer_prompt_len_gives_the_same_tokens(tiny):
     sampler.generate(prompts, sc, progress=False, prompt_len=1)
 
 
+def test_prompt_bucket_is_the_smallest_that_holds_the_prompt():
+  cfg = sampler_lib.SamplingConfig(prompt_buckets=(32, 48))
+  got = [sampler_lib.prompt_bucket(n, cfg) for n in (1, 32, 33, 48, 49, 256, 257)]
+  assert got == [32, 32, 48, 48, 256, 256, 512]   # past the largest bucket: whole multiples of 256
+
+
+def test_work_counts_the_rows_computed(tiny):
+  """Work against counts read off the rollouts: one row computes exactly the tokens kept; with a
+  row per sequence and one chunk, every row runs as long as the longest sequence."""
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  cfg, _, params = hf_checkpoint.load_model(tiny, mesh)
+  # Many stop ids: sequences of many different lengths.
+  sampler = sampler_lib.Sampler(cfg, params, mesh, stop_ids=range(2, 40), valid_vocab=96)
+  prompts = _prompts(3, seed=8)
+  base = dict(max_new_tokens=12, num_samples=3, seed=1)
+  one_row = sampler_lib.Work()
+  out = sampler.generate(prompts, sampler_lib.SamplingConfig(batch_rows=1, chunk_steps=3, **base), progress=False,
+                         work=one_row)
+  lengths = [len(r.tokens) for rs in out for r in rs]
+  assert len(set(lengths)) > 2
+  assert one_row == sampler_lib.Work(prefill_rows=9, decode_steps=sum(lengths) - 9, slots=sum(lengths))
+  all_rows = sampler_lib.Work()
+  sampler.generate(prompts, sampler_lib.SamplingConfig(batch_rows=16, chunk_steps=12, **base), progress=False,
+                   work=all_rows)
+  assert all_rows == sampler_lib.Work(prefill_rows=9, decode_steps=max(lengths) - 1, slots=9 + 9 * (max(lengths) - 1))
+
+
 def test_a_used_sampler_leaves_no_weights_behind(tiny):
   """The jit cache keeps its static arguments alive; a sampler there would pin its copy of the
   weights (one more model per compile, e.g. per training step's fresh sampler)."""

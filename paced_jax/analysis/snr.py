@@ -47,7 +47,8 @@ from paced_jax.training import trainer
 from paced_jax.training import data as training_data
 from paced_jax.training import weights as weights_lib
 from paced_jax.training import train_step as ts
-from paced_jax.config import ExperimentConfig, SNRConfig, to_json
+from paced_jax.config import ExperimentConfig, SNRConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.problems.prepare import read_problems

@@ -27,7 +27,8 @@ from paced_jax import artifacts, progress as progress_lib
 from paced_jax.evaluation import benchmarks as benchmarks_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.evaluation import retain, rollouts
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.problems.records import Problem
 from paced_jax.evaluation.verifier import Grader
@@ -192,7 +193,8 @@ def evaluate(cfg: ExperimentConfig, model: LoadedModel, *, params: nnx.State | N
 
   `params` (default: the loaded ones) and `fingerprint` (default: derived) give another state
   of the same model, e.g. a training checkpoint. Returns {"tag", "model_fingerprint",
-  "benchmarks": {name: summary}, "retain": retain summary or None}, also written to manifest.json.
+  "benchmarks": {name: summary}, "retain": retain summary or None}, also written to manifest.json,
+  and "new": the benchmark names (and "retain") that the tag's manifest did not list before this call.
   """
   if not _TAG_RE.match(tag):
     raise ValueError(f"tag {tag!r} is not a plain directory name (letters, digits, _.+-)")
@@ -220,7 +222,11 @@ def evaluate(cfg: ExperimentConfig, model: LoadedModel, *, params: nnx.State | N
     retain_index = {k: retain_summary.get(k) for k in ("retain_set", "accuracy", "n_questions", "forgetting")}
   artifacts.write_manifest(directory, KIND, tag=tag, model_fingerprint=fingerprint, benchmarks=index,
                            retain=retain_index)
-  return {"tag": tag, "model_fingerprint": fingerprint, "benchmarks": results, "retain": retain_summary}
+  # What the manifest listed before was returned (and logged) by an earlier call; a call killed before its
+  # manifest listed nothing, so what it finished counts as new here.
+  new = [name for name in results if name not in previous.get("benchmarks", {})]
+  new += ["retain"] if retain_summary is not None and not previous.get("retain") else []
+  return {"tag": tag, "model_fingerprint": fingerprint, "benchmarks": results, "retain": retain_summary, "new": new}
 
 
 def format_table(result: dict) -> str:

@@ -46,7 +46,8 @@ from paced_jax.model import decoder as model_lib
 from paced_jax.problems import prompts as prompts_lib
 from paced_jax.model import tokenization
 from paced_jax.training import train_step as ts
-from paced_jax.config import PromptConfig, TrainConfig, to_json
+from paced_jax.config import PromptConfig, TrainConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.config import ModelConfig, RopeConfig
 from paced_jax.training.packing import Example, pack
 from paced_jax.problems.records import in_split

@@ -44,7 +44,8 @@ from paced_jax.analysis import snr
 from paced_jax.teacher import stage as teacher_stage
 from paced_jax.training import data as training_data
 from paced_jax.training import trainer
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.lab.config import LabConfig, bootstrap_prompts, method_settings, run_names, split_run_name
 
 SOLVED = "solved"          # benchmark name of the retain set

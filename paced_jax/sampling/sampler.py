@@ -18,6 +18,7 @@ with the same tokens.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 from collections import deque
 from typing import NamedTuple, Sequence
@@ -52,6 +53,16 @@ class DecodeState(NamedTuple):
   active_B: jax.Array         # row holds a sequence that is still generating
   seq_key_B: jax.Array        # sequence key (randomness) of the row's sequence
   out_BN: jax.Array           # generated tokens
+
+
+@dataclasses.dataclass
+class Work:
+  """What `generate` computed, counted in row tokens (slots): every refilled row's first token,
+  sampled by its prefill, and every row of every decode step, finished or not. Against the
+  tokens kept, it prices the scheduling (bench/sampler.py). Accumulates over calls."""
+  prefill_rows: int = 0   # rows refilled, each with its first token
+  decode_steps: int = 0   # steps of all decode chunks
+  slots: int = 0          # prefill_rows + rows x steps of each chunk
 
 
 class DecodeSpec(NamedTuple):
@@ -139,6 +150,14 @@ def decode_chunk(spec: DecodeSpec, cfg: SamplingConfig, window: int, params, sta
   return jax.lax.while_loop(cond, step, (jnp.int32(0), state))[1]
 
 
+def prompt_bucket(length: int, cfg: SamplingConfig) -> int:
+  """The prompt length a cache is sized and a prefill compiled for: the smallest of
+  cfg.prompt_buckets that holds `length`, past the largest a multiple of 256 (few distinct shapes,
+  so few compiles)."""
+  i = bisect.bisect_left(cfg.prompt_buckets, length)
+  return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
+
+
 class Sampler:
   """Generates from one model on one mesh; compiled functions are cached per shape."""
 
@@ -198,14 +217,14 @@ class Sampler:
     """How a paged decode step reads pages on this mesh's platform ('ragged' or 'gather')."""
     return paged_attention(self.spec, cfg)
 
-  def _initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
+  def initial_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
     """A state with a dense cache of `slots` slots per row, or with `pages` > 0 a paged cache
     (`pages` per batch-axis device, `slots` a multiple of cfg.page_size)."""
     state = self._zero_state(rows, slots, cfg, pages)
     return jax.device_put(state, self._state_shardings(state))
 
   def abstract_state(self, rows: int, slots: int, cfg: SamplingConfig, pages: int = 0) -> DecodeState:
-    """`_initial_state` as ShapeDtypeStructs with their shardings (nothing allocated)."""
+    """`initial_state` as ShapeDtypeStructs with their shardings (nothing allocated)."""
     shapes = jax.eval_shape(lambda: self._zero_state(rows, slots, cfg, pages))
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
                         self._state_shardings(shapes))
@@ -221,7 +240,8 @@ class Sampler:
                        np.zeros((rows, cfg.max_new_tokens), np.int32))
 
   def generate(self, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, prompt_keys: Sequence[int] | None = None,
-               progress: bool | str = True, prompt_len: int | None = None) -> list[list[Rollout]]:
+               progress: bool | str = True, prompt_len: int | None = None,
+               work: Work | None = None) -> list[list[Rollout]]:
     """K = cfg.num_samples rollouts for each prompt, as `result[prompt][sample]`.
 
     `prompt_keys` (default: the prompt index) seed each prompt's samples; pass stable keys
@@ -229,14 +249,14 @@ class Sampler:
     The cache holds the bucket of `prompt_len` (default: the longest of `prompts`) plus
     max_new_tokens, and a dense cache prefills every prompt at that bucket: a stage that samples
     its problems in chunks passes its longest prompt, so every chunk has the same shapes and
-    compiles nothing new.
+    compiles nothing new. `work`, when given, accumulates what the call computed.
     """
     K = cfg.num_samples
     keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
     longest = max((len(p) for p in prompts), default=1)
     if prompt_len is not None and prompt_len < longest:
       raise ValueError(f"prompt_len {prompt_len} is shorter than the longest prompt ({longest} tokens)")
-    bucket = self._bucket(prompt_len or longest, cfg)
+    bucket = prompt_bucket(prompt_len or longest, cfg)
     if bucket + cfg.max_new_tokens > self.model_cfg.max_position_embeddings:
       raise ValueError(f"prompt bucket {bucket} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
                        f"max_position_embeddings {self.model_cfg.max_position_embeddings}")
@@ -251,7 +271,7 @@ class Sampler:
       slots = pages_per_row * cfg.page_size
       alloc = pages_lib.PageAllocator(rows, self.row_multiple, self.pages_per_device(cfg, rows, pages_per_row),
                                       cfg.page_size, pages_per_row)
-    state = self._initial_state(rows, slots, cfg, alloc.pages_per_shard if alloc else 0)
+    state = self.initial_state(rows, slots, cfg, alloc.pages_per_shard if alloc else 0)
     bar = progress_lib.bar(total=total, desc=progress if isinstance(progress, str) else "sampling",
                            disable=not progress, unit="seq", leave=False)
     stop = set(self.stop_ids)
@@ -274,7 +294,7 @@ class Sampler:
       if take:
         # Dense: one prefill length, so the prefill compiles once per distinct-prompt count. Paged:
         # the refill's own bucket, so short prompts take only the pages they fill.
-        Pb = bucket if alloc is None else self._bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
+        Pb = bucket if alloc is None else prompt_bucket(max(len(prompts[i]) for _, (i, _) in take), cfg)
         if alloc is not None:
           refused = [(r, item) for r, item in take
                      if not alloc.reserve(r, min(len(prompts[item[0]]) + cfg.chunk_steps, slots))]
@@ -288,9 +308,18 @@ class Sampler:
         window = (alloc.table.shape[1] if read_all else min(1 << (held - 1).bit_length(), alloc.table.shape[1])) * cfg.page_size
       if take:
         state = self._refill(cfg, state, take, Pb, owner, prompts, keys)
-      state = self._decode_chunk(cfg, window, state)
+        gen_len[[r for r, _ in take]] = 1  # as the prefill set them
+      before = gen_len
+      state = decode_chunk(self.spec, cfg.compiled_part(), window, self.params, state)
       active, gen_len, next_slot, out = (np.array(mesh_lib.to_host(x)) for x in (
           state.active_B, state.gen_len_B, state.next_slot_B, state.out_BN))
+      if work is not None:
+        # Rows only leave the active set inside a chunk: it ran as many steps as its longest-active
+        # row generated tokens.
+        steps = int(np.max(gen_len - before))
+        work.prefill_rows += len(take)
+        work.decode_steps += steps
+        work.slots += len(take) + rows * steps
       for r in range(rows):
         if owner[r] is not None and not active[r]:
           i, k = owner[r]
@@ -302,10 +331,6 @@ class Sampler:
           bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]
-
-  def _bucket(self, length: int, cfg: SamplingConfig) -> int:
-    i = bisect.bisect_left(cfg.prompt_buckets, length)
-    return cfg.prompt_buckets[i] if i < len(cfg.prompt_buckets) else -(-length // 256) * 256
 
   def _refill(self, cfg, state, take, Pb, owner, prompts, keys):
     """Prefill the prompts of `take` ([(free row, (prompt, sample))]) into their rows. Samples of
@@ -329,12 +354,5 @@ class Sampler:
       seq_keys[r] = (keys[i] * 1_000_003 + k) % (1 << 31)  # one stream per (prompt key, sample)
       owner[r] = (i, k)
     put = lambda x: mesh_lib.from_host(x, mesh_lib.batch_sharding(self.mesh, x.ndim))
-    return self._prefill(cfg, state, *map(put, (tokens, lens, rows, source, seq_keys)))
-
-  # The two jitted calls, as methods so that a subclass (bench/sampler.py) can count their work.
-  def _prefill(self, cfg: SamplingConfig, state: DecodeState, tokens_UP, lens_U, rows_R, source_R, keys_R):
-    return prefill_rows(self.spec, cfg.compiled_part(), self.params, state, tokens_UP, lens_U, rows_R, source_R,
-                        keys_R)
-
-  def _decode_chunk(self, cfg: SamplingConfig, window: int, state: DecodeState) -> DecodeState:
-    return decode_chunk(self.spec, cfg.compiled_part(), window, self.params, state)
+    return prefill_rows(self.spec, cfg.compiled_part(), self.params, state,
+                        *map(put, (tokens, lens, rows, source, seq_keys)))

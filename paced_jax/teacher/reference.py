@@ -12,7 +12,8 @@ import os
 from paced_jax import workspace
 from paced_jax import artifacts
 from paced_jax.problems import prompts as prompts_lib
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.evaluation import rollouts
 from paced_jax.problems.prepare import read_problems

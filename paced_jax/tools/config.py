@@ -13,7 +13,7 @@ import tokenize
 
 from absl import flags as absl_flags
 
-from paced_jax import config as config_lib
+from paced_jax import config as config_lib, config_dict
 from paced_jax.tools import flags
 
 absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
@@ -55,7 +55,7 @@ def main(argv):
     for name, default, text in rows():
       print(f"{name} = {json.dumps(default, default=str)}" + (f"    # {text}" if text else ""))
     return
-  print(json.dumps(config_lib.to_json(flags.resolved_config()), indent=2, default=str))
+  print(json.dumps(config_dict.to_json(flags.resolved_config()), indent=2, default=str))
 
 
 if __name__ == "__main__":

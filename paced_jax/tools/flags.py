@@ -17,7 +17,7 @@ from absl import app, flags as absl_flags, logging
 from ml_collections import config_flags
 
 from paced_jax import artifacts, host_memory
-from paced_jax import config as config_lib
+from paced_jax import config as config_lib, config_dict
 from paced_jax.evaluation import benchmarks, retain_sets
 from paced_jax.model import config as model_config, hf_checkpoint, tokenization
 from paced_jax.problems import records
@@ -117,7 +117,7 @@ def resolved_config() -> config_lib.ExperimentConfig:
   """The --config file with its overrides, validated; nothing started, nothing locked."""
   if CONFIG.value is None:
     raise config_lib.ConfigError("--config is required, e.g. --config=configs/tiny.py")
-  return config_lib.experiment(CONFIG.value)
+  return config_dict.experiment(CONFIG.value)
 
 
 def experiment() -> config_lib.ExperimentConfig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, logging
 from absl import flags as absl_flags
 
-from paced_jax import artifacts, config as config_lib
+from paced_jax import artifacts, config as config_lib, config_dict
 from paced_jax.tools import flags
 
 absl_flags.adopt_module_key_flags(flags)  # --help lists --config too
@@ -32,7 +32,7 @@ def main(argv):
   from paced_jax.lab import report as lab_report
   from paced_jax.lab import runner as lab_runner
   try:
-    lab = config_lib.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
+    lab = config_dict.to_dataclass(lab_config.LabConfig, flags.CONFIG.value)
   except (config_lib.ConfigError, ValueError) as e:
     flags.fail(f"config error: {e}")
   artifacts.lock_workdir(lab.workdir)  # its run workspaces are inside: one lock covers them

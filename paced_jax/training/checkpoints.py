@@ -19,7 +19,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from paced_jax import artifacts, workspace
-from paced_jax.config import ExperimentConfig, to_json
+from paced_jax.config import ExperimentConfig
+from paced_jax.config_dict import to_json
 
 KIND = "checkpoints"
 # Settings that do not change the parameters a step produces.

@@ -57,7 +57,8 @@ class MetricsWriter:
     if jax.process_index() != 0:
       return
     os.makedirs(workspace.metrics_dir(workdir), exist_ok=True)
-    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir))
+    # tensorboardX names a file by the second and host only, and a second writer that second would truncate it.
+    self.tb = SummaryWriter(workspace.tensorboard_dir(workdir), filename_suffix=f".{secrets.token_hex(4)}")
     if wandb.project and wandb.mode != "disabled":
       import wandb as wandb_lib  # the optional `wandb` extra: imported only when asked for
       run_dir = wandb.dir or os.environ.get("WANDB_DIR") or workspace.metrics_dir(workdir)
@@ -76,22 +77,24 @@ class MetricsWriter:
   def active(self) -> bool:
     return self.tb is not None
 
-  def open_train_log(self, start_step: int) -> None:
+  def open_train_log(self, start_step: int) -> bool:
     """Open metrics/train.jsonl for appending, first dropping lines past `start_step` (a resume); and tell
     TensorBoard to hide what an earlier, killed run logged past it (its purge: events of a step >= the
     SessionLog.START's, read before it). A resumed online W&B run ignores a step below its last (W&B's
-    rule), so a redone step keeps the killed run's value there."""
+    rule), so a redone step keeps the killed run's value there. Returns whether the log was there (a run in
+    this workdir began before, and logged its start); False off process 0."""
     if self.tb is None:
-      return
+      return False
     self.tb._get_file_writer().add_event(
         event_pb2.Event(step=start_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     path = workspace.train_metrics_file(self.workdir)
-    kept = []
-    if os.path.exists(path):  # a kill may have cut the last line short
+    kept, existed = [], os.path.exists(path)
+    if existed:  # a kill may have cut the last line short
       kept = [r for r in artifacts.read_jsonl_lines(path, drop_torn_tail=True) if r["step"] <= start_step]
     with artifacts.atomic_open(path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(path, "a")
+    return existed
 
   def scalars(self, step: int, values: dict, *, prefix: str = "", jsonl: bool = False) -> None:
     """The numbers of `values` as `prefix + key`; with `jsonl`, the whole record as one train.jsonl line."""
@@ -163,10 +166,13 @@ class MetricsWriter:
 
 def log_evaluation(log: MetricsWriter, workdir: str, result: dict, step: int) -> None:
   """An evaluate.evaluate() result at `step`: per benchmark mean@k and SE (one curve over evaluations), the
-  retain accuracy, and the first responses with their verdicts."""
+  retain accuracy, and the first responses with their verdicts; only what is `new` (a reused result was
+  logged when it was made: logged again, TensorBoard and W&B would draw a second point at its step)."""
   if not log.active:
     return
   for name, s in result["benchmarks"].items():
+    if name not in result["new"]:
+      continue
     log.scalars(step, {k: s[k] for k in ("accuracy", "se", "greedy_pass1") if s.get(k) is not None},
                 prefix=f"eval/{name}/")
     records = evaluate.read_responses(evaluate.responses_file(workspace.eval_dir(workdir, result["tag"]), name))
@@ -174,5 +180,5 @@ def log_evaluation(log: MetricsWriter, workdir: str, result: dict, step: int) ->
                                   f"extracted {r['extracted'][0]}):\n{r['responses'][0]}"
                                   for r in records[:SAMPLE_RESPONSES]], step)
   retain = result.get("retain")
-  if retain and retain.get("accuracy") is not None:
+  if retain and "retain" in result["new"] and retain.get("accuracy") is not None:
     log.scalars(step, {"accuracy": retain["accuracy"]}, prefix=f"eval/retain_{retain['retain_set']}/")

@@ -29,7 +29,8 @@ from paced_jax.training import checkpoints
 from paced_jax.training import data as training_data
 from paced_jax.training import metrics as metrics_lib
 from paced_jax.training import train_step as ts
-from paced_jax.config import ConfigError, ExperimentConfig, to_json
+from paced_jax.config import ConfigError, ExperimentConfig
+from paced_jax.config_dict import to_json
 from paced_jax.model.loaded import LoadedModel
 from paced_jax.training.packing import pack
 from paced_jax.sampling.sampler import Sampler
@@ -184,9 +185,8 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   offline = training_data.load_offline(cfg, teacher) if any(src == "offline" for src, _ in stages) else None
   teacher_params = teacher.params  # frozen: the initial student in self-distillation
   log = writer if writer is not None else metrics_lib.MetricsWriter(cfg.workdir, cfg.wandb)
-  log.open_train_log(start)
-  if not start:  # a resumed run logged them when it started
-    _log_start(log, cfg, start)
+  if not log.open_train_log(start):  # a run that began here before (even one killed before its first checkpoint)
+    _log_start(log, cfg, start)     # logged them when it began
   term = _Termination()
   rows = t.rows_per_step or t.batch_size
   pad = tokenization.pad_id(student.tokenizer)

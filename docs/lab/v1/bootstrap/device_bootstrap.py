@@ -12,7 +12,7 @@ sys.path.insert(0, os.getcwd())
 import jax, flax
 print("jax", jax.__version__, "flax", flax.__version__, jax.devices(), flush=True)
 import numpy as np
-from paced_jax import config as config_lib, mesh as mesh_lib
+from paced_jax import config_dict, mesh as mesh_lib
 from paced_jax.lab import bootstrap as lab_bootstrap
 from paced_jax.lab import config as lab_config
 from paced_jax.problems import lab_arithmetic as lab_tasks
@@ -22,7 +22,7 @@ from paced_jax.config import SamplingConfig
 from paced_jax.sampling.sampler import Sampler
 spec = importlib.util.spec_from_file_location("labcfg", "configs/lab.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-lab = config_lib.to_dataclass(lab_config.LabConfig, m.get_config(os.environ.get("VARIANT", "full")))
+lab = config_dict.to_dataclass(lab_config.LabConfig, m.get_config(os.environ.get("VARIANT", "full")))
 smoke = os.environ.get("BOOT_SMOKE") == "1"
 cands = [int(x) for x in os.environ.get("CANDS", "250,500,1000,2000").split(",")]
 root = os.environ.get("ROOT", "/tmp/boot")
