@@ -171,7 +171,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   jitted = {div: ts.jit_train_step(scfg, sharding, mesh) for div, scfg in steps.items()}
   batch_sharding = ts.Batch.shardings(mesh)
 
-  mngr = checkpoint_manager(cfg.workdir)
+  mngr = checkpoint_manager(cfg.workdir, state)
   start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
   checkpoints.set_aside_newer(cfg.workdir, mngr, start)
   every = cfg.pass_rate.recompute_every
