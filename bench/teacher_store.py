@@ -175,7 +175,8 @@ def concat(signals):
 
 def token_errors(teacher_hidden_ND, student_hidden_ND, lm, by_name):
   """Per-token dense and sparse divergences over all N tokens, `--dense_chunk` at a time."""
-  lm_head_DV = nnx.merge(lm.graphdef, lm.params).lm_head_DV()
+  head, axes = nnx.merge(lm.graphdef, lm.params).output_head()
+  lm_head_DV = head if axes == "dv" else head.T
   N, C = teacher_hidden_ND.shape[0], FLAGS.dense_chunk
   pad = lambda x: np.concatenate([x, np.zeros((C - len(x), *x.shape[1:]), x.dtype)]) if len(x) < C else x
   results, gaps = [], []

@@ -53,10 +53,13 @@ def get_config(variant: str = ""):
   c.train.lr = 2e-5
   c.train.weight_decay = 0.0
   c.train.warmup_steps = 2
-  c.train.loss_chunk = 144
-  # Four micro-batches of 2 rows: the same step (gradients summed), with a quarter of the activations
-  # (the step's temporaries 2.3 -> 1.45 GiB; aot_check --config=configs/demo.py --devices=1).
-  c.train.micro_batches = 4
+  # Peak memory (issue 17), measured by `aot_check --config=configs/demo.py --devices=1 --steps=train`:
+  # one batch with each layer's activations remade in the backward pass (remat) and 24-position
+  # logits blocks: step temporaries 0.76 GiB, against 1.45 for 4 micro-batches without remat (their
+  # summed-gradient carry is a second gradient-sized buffer) and 2.06 for one batch without remat.
+  c.model.remat = True
+  c.train.micro_batches = 1
+  c.train.loss_chunk = 24
   c.train.checkpoint_every = 8
   if "quick" in options:
     c.workdir = "workdir/demo_quick"
@@ -69,7 +72,7 @@ def get_config(variant: str = ""):
     c.train.steps = 4
     c.train.batch_size = 8
     c.train.rows_per_step = 4
-    c.train.seq_len = c.train.loss_chunk = 128  # 46 + 16 tokens: still two per row
+    c.train.seq_len = 128  # 46 + 16 tokens: still two per row
     c.train.checkpoint_every = 2
   if "uniform" in options:
     c.weights.scheme = "uniform"

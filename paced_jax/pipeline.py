@@ -32,7 +32,7 @@ from paced_jax.config_dict import to_json
 
 
 def _banner(i: int, n: int, name: str, clock: progress.StageClock) -> None:
-  host_memory.release_free()  # the last stage's freed buffers: each stage's peak RSS is then its own
+  host_memory.end_stage()  # the last stage's programs and freed buffers: each stage's peak RSS is then its own
   clock.begin(name)
   print(f"\n=== [{i}/{n}] {name}  ({progress.format_seconds(clock.elapsed())} elapsed) ===", flush=True)
 

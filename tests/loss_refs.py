@@ -26,9 +26,10 @@ def token_divergence(student_logits_BTV, teacher: losses.TeacherSignal, *, kind,
   return losses.divergence(losses.teacher_bucket_logprobs(teacher), log_q_BTN, kind, _params(kind, akl_mu, jsd_beta))
 
 
-def chunked_token_divergence(hidden_BTD, lm_head_DV, teacher: losses.TeacherSignal, *, kind, chunk_size,
+def chunked_token_divergence(hidden_BTD, head, teacher: losses.TeacherSignal, *, kind, chunk_size, head_axes="dv",
                              temperature=1.0, vocab_size=None, akl_mu=0.5, jsd_beta=0.5):
-  """`token_divergence` of the logits `hidden @ lm_head`, made chunk by chunk over T."""
+  """`token_divergence` of the logits `hidden @ head` ([D, V], or [V, D] with head_axes "vd"), made chunk by chunk over T."""
   log_q_BTN = chunked_logprobs.chunked_student_bucket_logprobs(
-      hidden_BTD, lm_head_DV, teacher.ids_BTK, chunk_size=chunk_size, temperature=temperature, vocab_size=vocab_size)
+      hidden_BTD, head, teacher.ids_BTK, chunk_size=chunk_size, head_axes=head_axes, temperature=temperature,
+      vocab_size=vocab_size)
   return losses.divergence(losses.teacher_bucket_logprobs(teacher), log_q_BTN, kind, _params(kind, akl_mu, jsd_beta))

@@ -8,6 +8,7 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from paced_jax import artifacts, config as config_lib, pipeline, workspace
@@ -185,3 +186,22 @@ def test_training_resumes_from_the_fallback_and_replaces_the_damaged_step(run):
     trainer.train(cfg, student, student, progress=False)
   m = artifacts.read_manifest(workspace.checkpoints_dir(cfg.workdir), checkpoints.KIND)
   assert checkpoints.damage(cfg.workdir, m, 6) is None and trainer.restore_params(cfg, student)[0] == 6
+
+
+def test_a_cpu_save_bounded_to_its_largest_array_round_trips(tmp_path, monkeypatch):
+  """In-flight save bytes are bounded on CPU (issue 17); the bound is never below the largest array
+  (orbax refuses an array larger than its byte limiter), and what is saved reads back unchanged."""
+  monkeypatch.setattr(checkpoints, "CPU_SAVE_FLOOR_BYTES", 2**20)
+  rng = np.random.default_rng(0)
+  state = {"big": jax.numpy.asarray(rng.normal(size=(1024, 768)), jax.numpy.float32),   # 3 MiB > the floor
+           "small": jax.numpy.asarray(rng.normal(size=(64, 8)), jax.numpy.float32),
+           "step": jax.numpy.int32(7)}
+  workdir = str(tmp_path / "w")
+  with checkpoints.manager(workdir, state) as mngr:
+    mngr.save(7, args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+  with checkpoints.manager(workdir) as mngr:
+    restored = mngr.restore(7, args=ocp.args.StandardRestore(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)))
+  for key in state:
+    np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(state[key]))

@@ -41,6 +41,13 @@ def test_chunked_equals_unchunked(kind, temperature, K):
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
     for got, want in zip(grads, want_grads):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # A tied head is passed as the embedding [V, D] ("vd"): same values, its gradient transposed.
+  loss_vd = lambda h, w: (loss_refs.chunked_token_divergence(h, w, teacher, chunk_size=3, head_axes="vd", **options)
+                          * cot_BT).sum()
+  value, (grad_h, grad_VD) = jit(jax.value_and_grad(loss_vd, argnums=(0, 1)))(hidden_BTD, lm_head_DV.T)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  np.testing.assert_allclose(grad_h, want_grads[0], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(grad_VD.T, want_grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_chunked_bf16_head_accumulates_in_float32():

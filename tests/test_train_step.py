@@ -112,14 +112,50 @@ def test_weight_zero_sequence_changes_nothing(tiny_dir):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("grad_clip", [1e-3, 1e6])  # the global-norm clip active, and not
+def test_update_is_clipped_adamw_in_float64(tiny_dir, grad_clip):
+  """Two steps: parameters and moments equal numpy float64 AdamW (optax's conventions: bias-corrected
+  moments, eps outside the root, decoupled weight decay) on the step's own gradients, clipped to
+  global norm `grad_clip`; the gradients themselves are checked against dense references above."""
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+  _, graphdef, params = hf_checkpoint.load_model(tiny_dir, mesh)
+  train = TrainConfig(lr=1e-2, weight_decay=0.1, grad_clip=grad_clip, b1=0.8, b2=0.95, loss_chunk=5)
+  step_cfg = ts.StepConfig(graphdef, train, num_pass_buckets=3, valid_vocab=98)
+  pure = nnx.to_pure_dict(params)
+  state = ts.init_state(pure, step_cfg)
+  sh = ts.state_shardings(state, jax.tree.map(lambda x: x.sharding, pure), mesh, step_cfg)
+  state = jax.device_put(state, sh)
+  step = ts.jit_train_step(step_cfg, sh, mesh)
+  gradients = jax.jit(lambda p, b: ts.accumulate_gradients(p, b, step_cfg)[2])
+  f64 = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  p, mu, nu = f64(pure), [np.zeros_like(x) for x in f64(pure)], [np.zeros_like(x) for x in f64(pure)]
+  for t in (1, 2):
+    batch = _put(packing.pack(_examples(3, 98, seed=10 + t), rows=2, seq_len=16, top_k=K)[0], mesh)
+    with jax.set_mesh(mesh):
+      g = f64(gradients(state.params, batch))
+    scale = min(1.0, grad_clip / np.sqrt(sum((x ** 2).sum() for x in g)))
+    assert (scale < 1.0) == (grad_clip < 1.0)
+    g = [x * scale for x in g]
+    mu = [0.8 * m + 0.2 * x for m, x in zip(mu, g)]
+    nu = [0.95 * v + 0.05 * x ** 2 for v, x in zip(nu, g)]
+    p = [w - 1e-2 * ((m / (1 - 0.8 ** t)) / (np.sqrt(v / (1 - 0.95 ** t)) + 1e-8) + 0.1 * w)
+         for w, m, v in zip(p, mu, nu)]
+    state, metrics = step(state, batch)
+    assert int(metrics["skipped"]) == 0 and int(state.step) == t
+  adam = state.opt_state[1][0]
+  for got, want in [(state.params, p), (adam.mu, mu), (adam.nu, nu)]:
+    for a, b in zip(jax.tree.leaves(got), want):
+      np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=2e-5, atol=1e-7)
+
+
 def test_non_finite_step_is_skipped(tiny_dir):
   _, mesh, _, state, step = _setup(tiny_dir, mesh_lib.MeshConfig(data=1), jax.devices()[:1])
   batch, _ = packing.pack(_examples(2, 98, seed=3), rows=2, seq_len=16, top_k=K)
   bad = batch._replace(teacher_logprobs=np.where(batch.loss_mask[..., None] > 0, np.nan, batch.teacher_logprobs))
-  before = jax.tree.map(np.asarray, state.params)
+  before = jax.tree.map(np.asarray, (state.params, state.opt_state))
   state, metrics = step(state, _put(bad, mesh))
   assert int(metrics["skipped"]) == 1 and int(state.skipped) == 1 and int(state.step) == 1
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 

@@ -220,10 +220,13 @@ class Decoder(nnx.Module):
     self.lm_head = None if cfg.tie_word_embeddings else _param(
         rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
 
-  def lm_head_DV(self) -> jax.Array:
-    """The output projection in compute dtype (the embedding, transposed, when tied)."""
-    w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    return w.astype(self.cfg.compute_dtype)
+  def output_head(self) -> tuple[jax.Array, str]:
+    """(weights, their einsum axes): the output projection in compute dtype, as stored. Tied, it is
+    the embedding itself, "vd": a transposed view is a [D, V] copy in every program that uses it,
+    and its gradient another one transposed back (2 x 113 MB for SmolLM2's step)."""
+    if self.lm_head is None:
+      return self.embed_tokens[...].astype(self.cfg.compute_dtype), "vd"
+    return self.lm_head[...].astype(self.cfg.compute_dtype), "dv"
 
   def __call__(self, tokens_BT, positions_BT, segment_ids_BT) -> jax.Array:
     """Final hidden states (after the final norm), [B, T, D].
@@ -243,7 +246,8 @@ class Decoder(nnx.Module):
     return rms_norm(x_BTD, self.norm.weight[...], cfg.rms_norm_eps)
 
   def logits(self, hidden_BTD) -> jax.Array:
-    return jnp.einsum("btd,dv->btv", hidden_BTD, self.lm_head_DV(), preferred_element_type=jnp.float32)
+    head, axes = self.output_head()
+    return jnp.einsum(f"btd,{axes}->btv", hidden_BTD, head, preferred_element_type=jnp.float32)
 
 
 def abstract_decoder(cfg: ModelConfig) -> Decoder:

@@ -38,8 +38,8 @@ class TeacherScores(NamedTuple):
   target_logprob_BT: jax.Array  # f32 log-prob of the realised next token `targets_BT`
 
 
-def _score_chunk(hidden_BCD, targets_BC, lm_head_DV, *, k: int, valid_vocab: int, temperature: float):
-  logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, lm_head_DV, preferred_element_type=F32) / temperature
+def _score_chunk(hidden_BCD, targets_BC, head, head_axes: str, *, k: int, valid_vocab: int, temperature: float):
+  logits_BCV = jnp.einsum(f"bcd,{head_axes}->bcv", hidden_BCD, head, preferred_element_type=F32) / temperature
   V = logits_BCV.shape[-1]
   if valid_vocab < V:  # padded embedding rows are no tokens: they get no probability
     logits_BCV = jnp.where(jnp.arange(V) < valid_vocab, logits_BCV, -jnp.inf)
@@ -69,7 +69,7 @@ def score(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, targets_BT,
   if not 0 < k <= valid_vocab <= V:
     raise ValueError(f"need 0 < k <= valid_vocab <= vocabulary rows, got k={k}, valid_vocab={valid_vocab}, rows={V}")
   hidden_BTD = model(tokens_BT, positions_BT, segment_ids_BT)
-  lm_head_DV = model.lm_head_DV()
+  head, head_axes = model.output_head()
   B, T, _ = hidden_BTD.shape
   C = min(chunk_size, T)
   num_chunks = -(-T // C)
@@ -80,7 +80,7 @@ def score(graphdef, params, tokens_BT, positions_BT, segment_ids_BT, targets_BT,
     return jnp.moveaxis(x.reshape(B, num_chunks, C, *x.shape[2:]), 1, 0)
 
   def one(chunk):
-    return _score_chunk(*chunk, lm_head_DV, k=k, valid_vocab=valid_vocab, temperature=temperature)
+    return _score_chunk(*chunk, head, head_axes, k=k, valid_vocab=valid_vocab, temperature=temperature)
 
   out = jax.lax.map(one, (chunks(hidden_BTD), chunks(targets_BT)))
   return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(B, num_chunks * C, *x.shape[3:])[:, :T], out)

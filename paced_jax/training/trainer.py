@@ -171,7 +171,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
   jitted = {div: ts.jit_train_step(scfg, sharding, mesh) for div, scfg in steps.items()}
   batch_sharding = ts.Batch.shardings(mesh)
 
-  mngr = checkpoint_manager(cfg.workdir)
+  mngr = checkpoint_manager(cfg.workdir, state)
   start = checkpoints.restorable_step(cfg.workdir, mngr, checkpoints.read(cfg.workdir)) or 0
   checkpoints.set_aside_newer(cfg.workdir, mngr, start)
   every = cfg.pass_rate.recompute_every
@@ -199,6 +199,9 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
       if t.one_pass and s >= data.steps_left(t.batch_size):
         print(f"one pass: no full batch of unseen kept problems left; training ends at step {s} of {t.steps}")
         break
+      # Freed heap stays resident (glibc): the last step's temporaries and the checkpoint writer's buffers
+      # before sampling allocates, sampling's and scoring's before the step's (demo: 5.7 -> ... GiB).
+      host_memory.release_free()
       tic = time.perf_counter()
       source, div = stage_of(cfg, s)
       problems = data.batch(s, t.batch_size, t.seed)
@@ -212,7 +215,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         del sampler  # its decoding copy of the weights: freed before the step, not when the next one replaces it
       batch_np, dropped = pack(examples, rows, t.seq_len, cfg.teacher_signal.top_k, pad_id=pad)
       batch = jax.tree.map(mesh_lib.from_host, batch_np, batch_sharding)
-      host_memory.release_free()  # sampling's and scoring's freed buffers, before the step's temporaries
+      host_memory.release_free()
       state, metrics = jitted[div](state, batch)
       m = jax.device_get(metrics)
       seconds = time.perf_counter() - tic
