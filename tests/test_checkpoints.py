@@ -205,3 +205,15 @@ def test_a_cpu_save_bounded_to_its_largest_array_round_trips(tmp_path, monkeypat
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)))
   for key in state:
     np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(state[key]))
+
+
+def test_restored_parameters_equal_the_saved_state_read_whole(run):
+  """restore_params reads the parameters alone (not the optimizer moments); they equal the `params` of
+  the whole train state read back by orbax, at the latest and at an earlier kept step."""
+  cfg, student = run
+  for step in (None, 3):
+    got_step, params = trainer.restore_params(cfg, student, step)
+    with checkpoints.manager(cfg.workdir) as mngr:
+      whole = mngr.restore(got_step)  # orbax's own full read, no target
+    assert got_step == (6 if step is None else 3) and set(whole) > {"params", "opt_state"}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, whole["params"])

@@ -191,9 +191,13 @@ def set_aside_newer(workdir: str, mngr: ocp.CheckpointManager, step: int) -> Non
   mngr.reload()
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-  """Restore a verified step; orbax's structure errors become one line naming the directory."""
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, partial: bool = False) -> Any:
+  """Restore a verified step; orbax's structure errors become one line naming the directory. `partial`:
+  `abstract_state` names a part of the saved tree (e.g. the parameters alone), and only that part is read."""
   try:
+    if partial:
+      return mngr.restore(step, args=ocp.args.PyTreeRestore(
+          abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state), partial_restore=True))
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except (ValueError, KeyError, FileNotFoundError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -99,7 +99,8 @@ def restore_params(cfg: ExperimentConfig, student: LoadedModel, step: int | None
                                         f"damaged ({'no manifest' if manifest is None else bad})")
     if step is None:
       raise checkpoints.CheckpointError(f"{workspace.checkpoints_dir(cfg.workdir)}: no checkpoint to restore")
-    restored = checkpoints.restore(mngr, step, _abstract(state._asdict(), sharding._asdict()))
+    # The parameters only: the optimizer moments (twice their size) are never read into memory.
+    restored = checkpoints.restore(mngr, step, {"params": _abstract(state.params, sharding.params)}, partial=True)
   return step, restored["params"]
 
 
