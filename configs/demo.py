@@ -4,7 +4,7 @@ Self-distillation with the ground-truth answer in the teacher's context, the two
 (forward KL on the answer-aware teacher's own responses, then reverse KL on the student's
 on-policy responses). Problems are easy enough that the student's pass rates spread over (0, 1).
 
-  python -m paced_jax.tools.pipeline --config=configs/demo.py          # ~15 min on 2 CPU cores
+  python -m paced_jax.tools.pipeline --config=configs/demo.py          # 8.5 min, 3.7 GiB peak on 2 CPU cores
   python -m paced_jax.tools.pipeline --config=configs/demo.py:quick    # < 5 min
 Baselines on the same data and budget: :uniform, :hard_filter, :akl (combine with quick: quick,uniform).
 """

@@ -72,7 +72,7 @@ class _Writer:
              *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), "")
 
   def figure(self, name: str, fig: Figure, alt: str) -> None:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1) if fig.legends else None)  # a figure legend keeps its strip below the axes
     with artifacts.atomic_open(os.path.join(self.out, name), "wb") as f:
       fig.savefig(f, format="png", dpi=100)
     self.images.append(name)
@@ -165,7 +165,6 @@ def _weights_section(w: _Writer, run: Run, hist: list[int] | None) -> None:
   ax.patch.set_visible(False)
   handles = ax.get_legend_handles_labels()[0] + bars.get_legend_handles_labels()[0]
   fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-  fig.subplots_adjust(bottom=0.3)
   w.figure("weights.png", fig, "weight curve")
   w.table(["p", "problems", "w raw", f"w ({wc.norm})", "kept"],
           [(f"{p[c]:.3f}", int(counts[c]), f"{raw[c]:.4f}", f"{normed[c]:.4f}", "yes" if keep[c] else "no")

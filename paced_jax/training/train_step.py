@@ -175,7 +175,7 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig) -> tuple[Tra
     return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
   # A branch, not a select of old and new: each moment and parameter is updated in its donated
-  # buffer (a jnp.where keeps both old and new alive: +0.8 GiB of copies for the demo's 135M model).
+  # buffer (a jnp.where kept both old and new alive: 0.7 GiB of moment copies for the demo's 135M model).
   new_state = jax.lax.cond(ok, apply, lambda s: s, state)
   new_state = new_state._replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32))
   tokens = jnp.maximum(sums["tokens"], 1.0)

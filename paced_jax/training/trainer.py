@@ -201,7 +201,7 @@ def train(cfg: ExperimentConfig, student: LoadedModel, teacher: LoadedModel, *, 
         print(f"one pass: no full batch of unseen kept problems left; training ends at step {s} of {t.steps}")
         break
       # Freed heap stays resident (glibc): the last step's temporaries and the checkpoint writer's buffers
-      # before sampling allocates, sampling's and scoring's before the step's (demo: 5.7 -> ... GiB).
+      # before sampling allocates, sampling's and scoring's before the step's (issue 17).
       host_memory.release_free()
       tic = time.perf_counter()
       source, div = stage_of(cfg, s)
