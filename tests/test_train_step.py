@@ -37,11 +37,11 @@ def _examples(n, vocab, seed=0, weights=None):
   return out
 
 
-def _setup(tiny_dir, mesh_cfg, devices, micro_batches=1, **step_kwargs):
+def _setup(tiny_dir, mesh_cfg, devices, micro_batches=1, train=None, **step_kwargs):
   mesh = mesh_lib.make_mesh(mesh_cfg, devices)
   cfg, graphdef, params = hf_checkpoint.load_model(tiny_dir, mesh)
-  step_cfg = ts.StepConfig(graphdef, TrainConfig(lr=1e-2, weight_decay=0.0, loss_chunk=5, micro_batches=micro_batches), num_pass_buckets=3,
-                           valid_vocab=98, **step_kwargs)
+  train = train or TrainConfig(lr=1e-2, weight_decay=0.0, loss_chunk=5, micro_batches=micro_batches)
+  step_cfg = ts.StepConfig(graphdef, train, num_pass_buckets=3, valid_vocab=98, **step_kwargs)
   pure = nnx.to_pure_dict(params)
   param_sh = jax.tree.map(lambda x: x.sharding, pure)
   state = ts.init_state(pure, step_cfg)
@@ -117,18 +117,12 @@ def test_update_is_clipped_adamw_in_float64(tiny_dir, grad_clip):
   """Two steps: parameters and moments equal numpy float64 AdamW (optax's conventions: bias-corrected
   moments, eps outside the root, decoupled weight decay) on the step's own gradients, clipped to
   global norm `grad_clip`; the gradients themselves are checked against dense references above."""
-  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
-  _, graphdef, params = hf_checkpoint.load_model(tiny_dir, mesh)
   train = TrainConfig(lr=1e-2, weight_decay=0.1, grad_clip=grad_clip, b1=0.8, b2=0.95, loss_chunk=5)
-  step_cfg = ts.StepConfig(graphdef, train, num_pass_buckets=3, valid_vocab=98)
-  pure = nnx.to_pure_dict(params)
-  state = ts.init_state(pure, step_cfg)
-  sh = ts.state_shardings(state, jax.tree.map(lambda x: x.sharding, pure), mesh, step_cfg)
-  state = jax.device_put(state, sh)
-  step = ts.jit_train_step(step_cfg, sh, mesh)
+  _, mesh, step_cfg, state, step = _setup(tiny_dir, mesh_lib.MeshConfig(data=1), jax.devices()[:1], train=train)
   gradients = jax.jit(lambda p, b: ts.accumulate_gradients(p, b, step_cfg)[2])
   f64 = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
-  p, mu, nu = f64(pure), [np.zeros_like(x) for x in f64(pure)], [np.zeros_like(x) for x in f64(pure)]
+  p = f64(state.params)
+  mu, nu = [np.zeros_like(x) for x in p], [np.zeros_like(x) for x in p]
   for t in (1, 2):
     batch = _put(packing.pack(_examples(3, 98, seed=10 + t), rows=2, seq_len=16, top_k=K)[0], mesh)
     with jax.set_mesh(mesh):
